@@ -1,0 +1,194 @@
+"""Loading a frozen open_clip ViT at the working resolution, and turning inputs into its tensors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+from urllib.parse import urlparse
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.pretrained import download_pretrained
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+from .images import ImageInput, load_rgb
+
+DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
+DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable from here."""
+
+
+@dataclass
+class Backbone:
+    """A frozen open_clip model plus what MaskInversion needs to know about its vision tower."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_name: str
+    pretrained: Optional[str]
+    image_size: int
+    mean: tuple
+    std: tuple
+    device: torch.device
+
+    @property
+    def visual(self) -> VisionTransformer:
+        return self.model.visual
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.visual.conv1.kernel_size[0])
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.visual.proj.shape[1])
+
+    def pixels(self, image: ImageInput) -> torch.Tensor:
+        """The 1x3xSxS normalised tensor of an image, squashed (no crop) with bicubic resampling."""
+        rgb = load_rgb(image, min_side=self.patch_size)
+        resized = rgb.resize((self.image_size, self.image_size), resample=3)  # PIL bicubic
+        array = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)
+        tensor = array.permute(2, 0, 1).unsqueeze(0)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((tensor - mean) / std).to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings (len(texts) x D) in the joint space."""
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_image(self, image: ImageInput) -> torch.Tensor:
+        """The model's own (unnormalised) image embedding at the working resolution (1 x D)."""
+        return self.model.encode_image(self.pixels(image)).float()
+
+
+def load_backbone(
+    model_name: str = "ViT-B-16",
+    pretrained: Optional[str] = "openai",
+    image_size: int = 448,
+    device: Union[str, torch.device, None] = None,
+) -> Backbone:
+    """Create a frozen open_clip model whose positional embeddings are interpolated to image_size.
+
+    ``pretrained`` is an open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``...), a path to a local
+    checkpoint (a state_dict as open_clip saves it), or None for random weights.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    checkpoint, tag_cfg = _resolve_weights(model_name, pretrained)
+    model = open_clip.create_model(
+        model_name, pretrained=checkpoint, force_image_size=image_size, device=device
+    )
+    model.eval().requires_grad_(False)
+    _check_vision_tower(model, model_name, image_size)
+    mean, std = _normalisation(model, tag_cfg)
+    return Backbone(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(model_name),
+        model_name=model_name,
+        pretrained=pretrained,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        device=device,
+    )
+
+
+def _resolve_weights(model_name: str, pretrained: Optional[str]) -> tuple:
+    """(checkpoint file or None for random weights, the tag's config); fails fast when weights can't be had."""
+    if not pretrained:
+        return None, {}
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return os.path.expanduser(pretrained), {}
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".pth", ".safetensors")):
+            raise FileNotFoundError(f"checkpoint file {pretrained!r} does not exist")
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise ValueError(
+            f"{pretrained!r} is neither a pretrained tag of {model_name!r} nor a checkpoint file; "
+            f"known tags: {tags}"
+        )
+    cached = _cached_hub_file(cfg)
+    if cached:
+        return cached, cfg
+    if not _hub_reachable():
+        raise WeightsUnavailableError(
+            f"pretrained weights {model_name!r} / {pretrained!r} are not in the local cache and the "
+            "model hub cannot be reached (offline?). Download them on a connected machine, or pass a "
+            f"local checkpoint: load_backbone({model_name!r}, pretrained='/path/to/checkpoint.bin')"
+        )
+    return download_pretrained(cfg), cfg
+
+
+def _cached_hub_file(cfg: dict) -> Optional[str]:
+    """The already-downloaded weights file of a pretrained config, if any."""
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, filename = os.path.split(hub)
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in candidates:
+        path = try_to_load_from_cache(repo_id, name)
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _hub_reachable() -> bool:
+    """Whether the model hub answers a TCP connection within a few seconds (and offline mode is off)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check_vision_tower(model: torch.nn.Module, model_name: str, image_size: int) -> None:
+    """Refuse image towers whose blocks are not the standard pre-norm ViT blocks LeGrad explains."""
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(f"{model_name!r} has no open_clip ViT image tower (found {type(visual).__name__})")
+    if visual.proj is None or visual.attn_pool is not None:
+        raise ValueError(f"{model_name!r}: image towers without a plain projection are not supported")
+    for i, block in enumerate(visual.transformer.resblocks):
+        if not isinstance(block, ResidualAttentionBlock) or not isinstance(
+            block.attn, torch.nn.MultiheadAttention
+        ):
+            raise ValueError(f"{model_name!r}: block {i} is {type(block).__name__}, not a standard ViT block")
+    patch = int(visual.conv1.kernel_size[0])
+    if image_size % patch:
+        raise ValueError(f"image_size {image_size} must be a multiple of the patch size {patch}")
+
+
+def _normalisation(model: torch.nn.Module, tag_cfg: dict) -> tuple:
+    """The pixel mean and std of the pretrained tag, else of the model config, else CLIP's."""
+    cfg = {**open_clip.get_model_preprocess_cfg(model), **{k: v for k, v in tag_cfg.items() if v}}
+    return tuple(cfg.get("mean") or DEFAULT_MEAN), tuple(cfg.get("std") or DEFAULT_STD)
