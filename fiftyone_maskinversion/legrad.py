@@ -62,9 +62,8 @@ class FastEngine:
 
     name = "fast"
 
-    def __init__(self, backbone: Backbone, state: ImageState, dtype: torch.dtype = torch.float32):
-        self.dtype = dtype
-        self.blocks = [_FastBlock(backbone, block, dtype) for block in state.blocks]
+    def __init__(self, backbone: Backbone, state: ImageState):
+        self.blocks = [_FastBlock(backbone, block) for block in state.blocks]
 
     def bytes_per_query(self) -> int:
         return sum(block.bytes_per_query() for block in self.blocks)
@@ -78,58 +77,83 @@ class FastEngine:
 
 
 class _FastBlock:
-    """Per-image constants of one explained block, and the decomposed LeGrad relevance."""
+    """Per-image constants of one explained block, and the decomposed LeGrad relevance.
 
-    def __init__(self, backbone: Backbone, state: BlockState, dtype: torch.dtype):
+    With w_i = W1^T (act'(a_i) * r) and layer norm 2's transposed Jacobian J_i^T, the head-wise
+    attention-gradient vector is g_i @ Wo = (1/n)(c @ Wo + inv_sigma_i (q_i @ K - a1_i o1 - a2_i XO_i)),
+    where K = W1 diag(gamma) Wo is folded once per model, and a1, a2 are per-token dot products.
+    """
+
+    def __init__(self, backbone: Backbone, state: BlockState):
         block = state.module
         tokens, width = state.hidden.shape
         self.tokens, self.heads = tokens, block.attn.num_heads
-        self.dtype = dtype
-        # c(t) = Jh^T t: Jacobian of the pooled direction at the mean output token (D x width).
+        # c(t) = t @ Jh: the score's gradient w.r.t. the mean output token (Jh is D x width).
         mean_token = state.outputs.mean(dim=0)
         self.pool_jacobian = torch.func.jacrev(lambda m: pooled_direction(backbone, m))(mean_token)
-        # Layer norm 2 at the attention output, and the MLP activation's derivative per token.
+        # Layer norm 2 at the attention sub-layer's output, and the MLP activation's derivative.
         ln2 = block.ln_2
+        gamma = ln2.weight.detach() if ln2.weight is not None else torch.ones(width)
         mu = state.hidden.mean(dim=-1, keepdim=True)
         var = state.hidden.var(dim=-1, unbiased=False, keepdim=True)
-        self.inv_sigma = (var + ln2.eps).rsqrt()
-        self.xhat = (state.hidden - mu) * self.inv_sigma
-        self.ln2_weight = ln2.weight.detach() if ln2.weight is not None else torch.ones(width)
+        self.inv_sigma = ((var + ln2.eps).rsqrt() / tokens).unsqueeze(0)  # 1 x n x 1, includes 1/n
+        xhat = (state.hidden - mu) * (var + ln2.eps).rsqrt()
         pre_activation = block.mlp.c_fc(ln2(state.hidden)).detach().requires_grad_(True)
         with torch.enable_grad():
-            activation = block.mlp[1](pre_activation)
-            (act_grad,) = torch.autograd.grad(activation.sum(), pre_activation)
-        self.act_grad = act_grad.to(dtype)  # n x hidden
-        self.fc_weight = block.mlp.c_fc.weight.detach().to(dtype)  # hidden x width
-        self.proj_weight = block.mlp.c_proj.weight.detach()  # width x hidden
-        self.out_weight = block.attn.out_proj.weight.detach().to(dtype)  # width x width
-        self.values_t = state.values.transpose(-1, -2).contiguous().to(dtype)  # heads x head_dim x n
-        self.ls1 = _layer_scale(block.ls_1)
-        self.ls2 = _layer_scale(block.ls_2)
+            (act_grad,) = torch.autograd.grad(block.mlp[1](pre_activation).sum(), pre_activation)
+        self.act_grad = act_grad  # n x hidden
+        fc = block.mlp.c_fc.weight.detach()  # W1: hidden x width
+        self.proj_weight = block.mlp.c_proj.weight.detach()  # W2: width x hidden
+        ls1, self.ls2 = _layer_scale(block.ls_1), _layer_scale(block.ls_2)
+        out = block.attn.out_proj.weight.detach()  # Wo: width x width
+        out = out * ls1.unsqueeze(1) if ls1 is not None else out
+        self.out_weight = out / tokens  # c @ Wo / n
+        self.folded = (fc * gamma) @ out  # K: hidden x width
+        self.gamma_fc = (fc @ gamma) / width  # u1: hidden
+        self.xhat_fc = ((xhat * gamma) @ fc.T) / width  # P: n x hidden
+        self.ones_out = out.sum(dim=0)  # o1: width
+        self.xhat_out = xhat @ out  # XO: n x width
+        self.values = state.values  # heads x n x head_dim
 
     def bytes_per_query(self) -> int:
         n, hidden = self.act_grad.shape
-        return 4 * (3 * self.heads * n * n + 4 * n * hidden)
+        return 4 * (2 * self.heads * n * n + 5 * n * hidden)
 
     def relevance(self, queries: torch.Tensor) -> torch.Tensor:
         """B x (n-1): mean over heads and query rows of ReLU(dS/dA), CLS column dropped."""
         batch, n = queries.shape[0], self.tokens
-        c = queries @ self.pool_jacobian  # B x width: d score / d mean token
+        c = queries @ self.pool_jacobian  # B x width
         r = (c * self.ls2 if self.ls2 is not None else c) @ self.proj_weight  # B x hidden
-        q = (self.act_grad.unsqueeze(0) * r.to(self.dtype).unsqueeze(1))  # B x n x hidden
-        w = (q @ self.fc_weight).float()  # B x n x width: W1^T q_i per token
-        g = (c.unsqueeze(1) + self._ln2_vjp(w)) / n  # B x n x width: d score / d hidden_i
-        if self.ls1 is not None:
-            g = g * self.ls1
-        g_heads = (g.to(self.dtype) @ self.out_weight).view(batch, n, self.heads, -1).transpose(1, 2)
-        attn_grad = g_heads @ self.values_t  # B x heads x n x n
-        return attn_grad.clamp(min=0).float().mean(dim=(1, 2))[:, 1:]
+        q = self.act_grad.unsqueeze(0) * r.unsqueeze(1)  # B x n x hidden
+        a1 = (q @ self.gamma_fc).unsqueeze(-1)  # B x n x 1
+        a2 = (q * self.xhat_fc).sum(dim=-1, keepdim=True)  # B x n x 1
+        qk = q @ self.folded  # B x n x width
+        g_out = (c @ self.out_weight).unsqueeze(1) + self.inv_sigma * (
+            qk - a1 * self.ones_out - a2 * self.xhat_out
+        )
+        g_heads = g_out.view(batch, n, self.heads, -1).transpose(1, 2)
+        return _PositiveMean.apply(g_heads, self.values)[:, 1:]
 
-    def _ln2_vjp(self, w: torch.Tensor) -> torch.Tensor:
-        """Transpose of layer norm 2's Jacobian at each token applied to w (B x n x width)."""
-        scaled = w * self.ln2_weight
-        centred = scaled - scaled.mean(dim=-1, keepdim=True)
-        return self.inv_sigma * (centred - self.xhat * (self.xhat * scaled).mean(dim=-1, keepdim=True))
+
+class _PositiveMean(torch.autograd.Function):
+    """Mean over heads and rows of ReLU(g_heads @ values^T): the LeGrad relevance of each key token.
+
+    The backward reuses the forward's n x n buffer in place: dL/dg = (G > 0) @ (dL/dout_j * v_j).
+    """
+
+    @staticmethod
+    def forward(ctx, g_heads: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        attn_grad = torch.matmul(g_heads, values.transpose(-1, -2)).clamp_(min=0)  # B x heads x n x n
+        count = attn_grad.shape[1] * attn_grad.shape[2]
+        ctx.save_for_backward(attn_grad, values)
+        return attn_grad.sum(dim=(1, 2)) / count
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        attn_grad, values = ctx.saved_tensors
+        count = attn_grad.shape[1] * attn_grad.shape[2]
+        scaled_values = values.unsqueeze(0) * (grad_out / count)[:, None, :, None]  # B x heads x n x hd
+        return torch.matmul(attn_grad.sign_(), scaled_values), None
 
 
 def _layer_scale(module: torch.nn.Module) -> Optional[torch.Tensor]:
@@ -140,13 +164,11 @@ def _layer_scale(module: torch.nn.Module) -> Optional[torch.Tensor]:
     raise ValueError(f"unsupported layer-scale module {type(module).__name__}")
 
 
-def make_engine(name: str, backbone: Backbone, state: ImageState, dtype: torch.dtype = torch.float32):
+def make_engine(name: str, backbone: Backbone, state: ImageState):
     """The map engine called ``name`` ("fast" or "autograd") for one image."""
     if name == "fast":
-        return FastEngine(backbone, state, dtype)
+        return FastEngine(backbone, state)
     if name == "autograd":
-        if dtype != torch.float32:
-            raise ValueError("the autograd engine runs in float32 only")
         return AutogradEngine(backbone, state)
     raise ValueError(f"unknown engine {name!r}; choose one of {ENGINES}")
 
