@@ -20,6 +20,20 @@ from .images import ImageInput, load_rgb
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 HUB_PROBE_TIMEOUT_S = 3.0
+EXTRA_CONFIGS_ENV = "MASKINVERSION_MODEL_CONFIGS"
+PACKAGE_CONFIGS = os.path.join(os.path.dirname(__file__), "model_configs")
+
+
+def register_model_configs() -> None:
+    """Make the package's own model configs, and any folders listed in $MASKINVERSION_MODEL_CONFIGS
+    (os.pathsep-separated), known to open_clip by name, in this process and in workers it starts."""
+    folders = [PACKAGE_CONFIGS] + [p for p in os.environ.get(EXTRA_CONFIGS_ENV, "").split(os.pathsep) if p]
+    for folder in folders:
+        if os.path.isdir(folder):
+            open_clip.add_model_config(folder)
+
+
+register_model_configs()
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -84,11 +84,15 @@ class MaskInverter:
         targets = prepared.grid_masks.to(backbone.device)
         for start in range(0, len(rows), chunk):
             part = slice(start, start + chunk)
-            self._invert_chunk(engine, state.image_embedding, targets[part], rows[part], result)
+            self._invert_chunk(engine, state.image_embedding, targets[part], rows[part], len(rows), result)
         return result
 
-    def _invert_chunk(self, engine, image_embedding, targets, rows, result) -> None:
-        """Optimise the embeddings of one chunk of masks and write them into ``result`` rows."""
+    def _invert_chunk(self, engine, image_embedding, targets, rows, count, result) -> None:
+        """Optimise the embeddings of one chunk of masks and write them into ``result`` rows.
+
+        The objective of a call is the mean of the per-mask losses over all ``count`` masks, as in the
+        authors' implementation (masks only interact through AdamW's epsilon), whatever the chunking.
+        """
         grid, patch = self.backbone.grid_size, self.backbone.patch_size
         anchor = F.normalize(image_embedding, dim=-1)
         embedding = image_embedding.repeat(len(rows), 1).clone().requires_grad_(True)
@@ -98,7 +102,7 @@ class MaskInverter:
             maps = relevance_to_maps(engine.relevance(query), grid, patch)
             loss = soft_dice_loss(maps, targets) + self.alpha * (1.0 - (query * anchor).sum(dim=-1))
             optimizer.zero_grad()
-            loss.sum().backward()
+            (loss.sum() / count).backward()
             optimizer.step()
             result.loss_history[step, rows] = loss.detach().cpu().numpy()
         with torch.no_grad():

@@ -1,6 +1,18 @@
-"""Shared fixtures: tiny randomly initialised open_clip ViTs registered under test-only names."""
+"""Shared fixtures: tiny random open_clip ViTs registered under test-only names, FiftyOne's own MongoDB
+started for the session, and COCO sample datasets."""
 
+import atexit
 import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import open_clip
@@ -8,6 +20,9 @@ import pytest
 import torch
 
 from fiftyone_maskinversion import load_backbone
+
+COCO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-val2017-mini"
+_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="mi-test-configs-"))
 
 TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_CONFIGS = {
@@ -34,13 +49,97 @@ TINY_CONFIGS = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tiny_model_configs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model_configs")
+def _register_tiny_configs() -> None:
+    """Write the test configs and announce them to this process and to every process the tests start."""
     for name, cfg in TINY_CONFIGS.items():
-        (folder / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder)
-    return folder
+        (_CONFIG_DIR / f"{name}.json").write_text(json.dumps(cfg))
+    os.environ["MASKINVERSION_MODEL_CONFIGS"] = str(_CONFIG_DIR)
+    open_clip.add_model_config(_CONFIG_DIR)
+
+
+_register_tiny_configs()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_mongod():
+    """FiftyOne's own mongod binary on a fresh data dir and a free port; every FiftyOne client of the
+    test session (this process, delegated workers, the App server) connects to it."""
+    import importlib.util
+
+    # locate the binary without importing fiftyone, which would read its config before the URI is set
+    mongod_bin = Path(importlib.util.find_spec("fiftyone").origin).parent / "db" / "bin" / "mongod"
+    data_dir = tempfile.mkdtemp(prefix="mi-test-mongo-")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(mongod_bin), "--dbpath", data_dir, "--port", str(port),
+         "--bind_ip", "127.0.0.1", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("mongod did not start")
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    os.environ["FIFTYONE_DATABASE_ADMIN"] = "true"
+    return proc
+
+
+# Started before any test module imports fiftyone (which reads the database URI at import).
+_MONGOD = _start_mongod()
+atexit.register(_MONGOD.kill)
+
+
+@pytest.fixture(scope="session")
+def mongod():
+    return os.environ["FIFTYONE_DATABASE_URI"]
+
+
+def load_coco(max_samples: int, name: str = None, persistent: bool = False):
+    """The first ``max_samples`` COCO sample images with instance masks, as a new FiftyOne dataset."""
+    import fiftyone as fo
+
+    dataset = fo.Dataset.from_dir(
+        dataset_type=fo.types.COCODetectionDataset,
+        data_path=str(COCO_DIR / "images"),
+        labels_path=str(COCO_DIR / "instances.json"),
+        label_types=["segmentations"],
+        label_field="ground_truth",
+        max_samples=max_samples,
+        name=name or f"mi-test-{uuid.uuid4().hex[:8]}",
+        progress=False,
+    )
+    dataset.persistent = persistent
+    dataset.compute_metadata(progress=False)
+    return dataset
+
+
+@pytest.fixture
+def coco_dataset(mongod):
+    dataset = load_coco(4)
+    yield dataset
+    from fiftyone_maskinversion.dataset import heatmaps_dataset_name
+    import fiftyone as fo
+
+    if fo.dataset_exists(heatmaps_dataset_name(dataset)):
+        fo.delete_dataset(heatmaps_dataset_name(dataset))
+    dataset.delete()
+
+
+@pytest.fixture
+def tiny_coco():
+    return make_backbone("mi-test-tiny")
 
 
 def make_backbone(name="mi-test-tiny", seed=0, **kwargs):

@@ -65,21 +65,22 @@ def legrad_map(model, inputs, query, blocks, patch, create_graph=False):
 
 
 def mask_inversion(model, pixels, grid_masks, blocks, patch, iterations, lr, alpha=0.0):
-    """Per-mask embeddings by AdamW on the soft Dice of the LeGrad map (one mask at a time)."""
+    """Embeddings of N masks by AdamW on the mean over masks of the soft Dice of each LeGrad map
+    (the authors' objective), each map computed on its own."""
     inputs = {i: block_input(model, pixels, i) for i in blocks}
     with torch.no_grad():
         image_embedding = model.encode_image(pixels)[0]
-    results = []
-    for mask in grid_masks:
-        emb = image_embedding.clone().requires_grad_(True)
-        opt = torch.optim.AdamW([emb], lr=lr, weight_decay=0.0)
-        for _ in range(iterations):
-            t = emb / emb.norm()
+    anchor = image_embedding / image_embedding.norm()
+    emb = image_embedding.repeat(len(grid_masks), 1).clone().requires_grad_(True)
+    opt = torch.optim.AdamW([emb], lr=lr, weight_decay=0.0)
+    for _ in range(iterations):
+        losses = []
+        for k, mask in enumerate(grid_masks):
+            t = emb[k] / emb[k].norm()
             heat = legrad_map(model, inputs, t, blocks, patch, create_graph=True)
             dice = 1 - (2 * (heat * mask).sum() + 1) / (heat.sum() + mask.sum() + 1)
-            loss = dice + alpha * (1 - (t * image_embedding / image_embedding.norm()).sum())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        results.append(emb.detach())
-    return torch.stack(results)
+            losses.append(dice + alpha * (1 - (t * anchor).sum()))
+        opt.zero_grad()
+        torch.stack(losses).mean().backward()
+        opt.step()
+    return emb.detach()
