@@ -115,6 +115,7 @@ def load_coco(max_samples: int, name: str = None, persistent: bool = False):
         data_path=str(COCO_DIR / "images"),
         labels_path=str(COCO_DIR / "instances.json"),
         label_types=["segmentations"],
+        include_annotation_id=True,
         label_field="ground_truth",
         max_samples=max_samples,
         name=name or f"mi-test-{uuid.uuid4().hex[:8]}",

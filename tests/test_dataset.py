@@ -31,24 +31,31 @@ def test_instance_masks_are_coco_masks_and_embeddings_match_the_core(coco_datase
     sample = coco_dataset.first()
     width, height = sample.metadata.width, sample.metadata.height
     dets = [d for d in sample.ground_truth.detections if not d.iscrowd]
-    ious = []
+    inter = union = 0
     for det in dets:
         ours = region_mask(det, width, height)
         truth = coco.annToMask(coco.loadAnns(int(det.coco_id))[0]) > 0
-        ious.append((ours & truth).sum() / (ours | truth).sum())
-    assert min(ious) > 0.9  # FiftyOne stores masks cropped to rounded boxes; the shapes agree
+        inter, union = inter + (ours & truth).sum(), union + (ours | truth).sum()
+        near_truth = np.zeros_like(truth)  # truth dilated by 2 px
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                near_truth |= np.roll(truth, (dy, dx), axis=(0, 1))
+        assert (ours & ~near_truth).sum() == 0 and abs(int(ours.sum()) - int(truth.sum())) <= 0.2 * truth.sum()
+    # FiftyOne stores masks cropped to boxes rounded to pixels, so small shapes shift by a pixel
+    assert inter / union > 0.9
 
     summary = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=3)
     assert summary.computed == non_crowd(coco_dataset) and not summary.failed
     schema = coco_dataset.get_field_schema(flat=True)
     assert isinstance(schema["ground_truth.detections.mi_embedding"], fo.VectorField)
     sample.reload()
-    masks = [coco.annToMask(coco.loadAnns(int(d.coco_id))[0]) > 0 for d in dets]
+    # the run must hand the core exactly FiftyOne's own rendering of each label, in label order
+    masks = [d.to_segmentation(frame_size=(width, height)).mask > 0 for d in dets]
     direct = MaskInverter(tiny_coco, iterations=3).invert(sample.filepath, masks)
     for k, det in enumerate(dets):
         stored = coco_dataset[sample.id].ground_truth.detections
         got = next(d for d in stored if d.id == det.id)
-        assert cosine(got.mi_embedding, direct.embeddings[k]) > 0.99
+        assert cosine(got.mi_embedding, direct.embeddings[k]) > 0.9999
         assert 0 <= got.mi_embedding_dice <= 1 and 0 <= got.mi_embedding_iou <= 1
 
     heat = fmi.heatmaps_dataset(coco_dataset)

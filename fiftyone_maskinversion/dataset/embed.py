@@ -16,6 +16,7 @@ from ..inversion import MaskInverter
 from . import heatmaps as heatmap_store
 from .regions import (
     LabelError,
+    attribute,
     derive_segmentation_regions,
     is_crowd,
     label_type,
@@ -111,7 +112,7 @@ def _process_sample(sample, label_field, inverter, companion, names, overwrite, 
     container = sample[label_field]
     pending = []
     for region in regions_of(container):
-        if region[names["embedding"]] is not None and not overwrite:
+        if attribute(region, names["embedding"]) is not None and not overwrite:
             summary.skipped_existing += 1
         elif is_crowd(region) and not include_crowd:
             summary.skipped_crowd += 1

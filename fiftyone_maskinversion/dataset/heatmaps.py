@@ -2,8 +2,8 @@
 
 A ``fo.Heatmap`` must be a sample-level label (nested in a Detection it breaks the App's label
 schema), and a sample has one image but many instances. So each instance gets one sample in the
-companion dataset ``<dataset>-maskinversion-heatmaps``: the same image, the instance itself (field
-``region``), its heatmap (field ``heatmap``) and fidelity, plus the source sample and label ids.
+companion dataset ``<dataset>-maskinversion-heatmaps``: the same image, the instance itself (under
+its source field's name), its heatmap (field ``heatmap``), dice/iou, and the source sample and label ids.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def region_sample(sample, region, container, field_name: str, heatmap: fo.Heatma
     """The companion sample of one instance (``container`` is the source Detections/Polylines)."""
     return fo.Sample(
         filepath=sample.filepath,
-        region=container_of([geometry_copy(region, label=region.label)], container),
         heatmap=heatmap,
         label=region.label,
         source_sample_id=sample.id,
         source_label_id=region.id,
         source_field=field_name,
+        **{field_name: container_of([geometry_copy(region, label=region.label)], container)},
         **fidelity,
     )
 

@@ -47,8 +47,13 @@ def regions_of(label) -> list:
     return list(label[REGION_TYPES[type(label)]])
 
 
+def attribute(region, name: str):
+    """A label attribute's value, None when the label does not have it."""
+    return region.get_attribute_value(name, None)
+
+
 def is_crowd(region) -> bool:
-    return bool(region.get_attribute_value("iscrowd", 0))
+    return bool(attribute(region, "iscrowd"))
 
 
 def region_mask(region, width: int, height: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from fiftyone import ViewField as F
 
 from ..backbone import Backbone
 from ..zeroshot import class_embeddings, class_probabilities, templates_for
-from .regions import container_of, geometry_copy, list_path, regions_of
+from .regions import attribute, container_of, geometry_copy, list_path, regions_of
 from .settings import backbone_for, require_settings
 
 ORIGINAL_LABEL = "mi_original_label"
@@ -66,7 +66,7 @@ def zero_shot_relabel(
     view = samples.exists(f"{path}.{embeddings_field}").select_fields(label_field)
     for sample in view.iter_samples(autosave=True, progress=False):
         container = sample[label_field]
-        embedded = [r for r in regions_of(container) if r[embeddings_field] is not None]
+        embedded = [r for r in regions_of(container) if attribute(r, embeddings_field) is not None]
         if not embedded:
             continue
         probs = class_probabilities(backbone, np.stack([r[embeddings_field] for r in embedded]), text)
@@ -108,7 +108,7 @@ def apply_relabel(samples, label_field: str, pred_field: Optional[str] = None, t
             new_label = confident.get(region.id)
             if new_label is None or new_label == region.label:
                 continue
-            if region.get_attribute_value(ORIGINAL_LABEL, None) is None:
+            if attribute(region, ORIGINAL_LABEL) is None:
                 region[ORIGINAL_LABEL] = region.label
             region.label = new_label
             changed += 1
@@ -121,7 +121,7 @@ def undo_relabel(samples, label_field: str) -> int:
     view = samples.match_labels(filter=F(ORIGINAL_LABEL).exists(), fields=label_field).select_fields(label_field)
     for sample in view.iter_samples(autosave=True, progress=False):
         for region in regions_of(sample[label_field]):
-            original = region.get_attribute_value(ORIGINAL_LABEL, None)
+            original = attribute(region, ORIGINAL_LABEL)
             if original is not None:
                 region.label = original
                 region[ORIGINAL_LABEL] = None
