@@ -1,5 +1,8 @@
 """FiftyOne plugin: thin operators over fiftyone_maskinversion (they gather inputs, call it, report progress)."""
 
+import os
+import socket
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -111,6 +114,7 @@ class ComputeRegionEmbeddings(foo.Operator):
         if not ctx.delegated:
             ctx.ops.reload_dataset()
         return {
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
             "computed": summary.computed,
             "skipped_existing": summary.skipped_existing,
             "skipped_crowd": summary.skipped_crowd,
@@ -120,6 +124,7 @@ class ComputeRegionEmbeddings(foo.Operator):
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        outputs.str("worker", label="worker")
         for key in ("computed", "skipped_existing", "skipped_crowd", "failed", "queued_shards", "seconds"):
             outputs.int(key, label=key.replace("_", " "))
         return types.Property(outputs)

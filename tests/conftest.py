@@ -21,7 +21,8 @@ import torch
 
 from fiftyone_maskinversion import load_backbone
 
-COCO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-val2017-mini"
+REPO = Path(__file__).resolve().parents[1]
+COCO_DIR = REPO.parent / "shared" / "data" / "coco-val2017-mini"
 _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="mi-test-configs-"))
 
 TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
@@ -58,6 +59,16 @@ def _register_tiny_configs() -> None:
 
 
 _register_tiny_configs()
+
+
+def _install_plugin() -> None:
+    """Install the plugin as the README says: the repository linked into $FIFTYONE_PLUGINS_DIR."""
+    plugins = Path(tempfile.mkdtemp(prefix="mi-test-plugins-"))
+    (plugins / "maskinversion").symlink_to(REPO, target_is_directory=True)
+    os.environ["FIFTYONE_PLUGINS_DIR"] = str(plugins)
+
+
+_install_plugin()
 
 
 def _free_port() -> int:

@@ -31,7 +31,11 @@ def heatmaps_dataset(dataset: fo.Dataset, create: bool = True):
         return fo.load_dataset(name)
     if not create:
         return None
-    companion = fo.Dataset(name)
+    try:
+        companion = fo.Dataset(name)
+    except ValueError:  # another worker created it meanwhile
+        return fo.load_dataset(name)
+    companion.media_type = "image"  # set while empty: concurrent workers then agree on it
     companion.persistent = dataset.persistent
     companion.add_sample_field("source_label_id", fo.StringField)
     companion.create_index("source_label_id", unique=False)
