@@ -37,6 +37,7 @@ def heatmaps_dataset(dataset: fo.Dataset, create: bool = True):
         return fo.load_dataset(name)
     companion.media_type = "image"  # set while empty: concurrent workers then agree on it
     companion.persistent = dataset.persistent
+    companion.app_config.active_fields = fo.ActiveFields(paths=["heatmap"])  # shown without a click
     companion.add_sample_field("source_label_id", fo.StringField)
     companion.create_index("source_label_id", unique=False)
     companion.info["source_dataset"] = dataset.name
@@ -71,6 +72,15 @@ def replace_region_samples(companion: fo.Dataset, new_samples: List[fo.Sample]) 
         return
     delete_region_samples(companion, [s["source_label_id"] for s in new_samples])
     companion.add_samples(new_samples, progress=False)
+    _show_in_app(companion, new_samples[0]["source_field"])
+
+
+def _show_in_app(companion: fo.Dataset, field_name: str) -> None:
+    """Make the App draw the instance (its source field) over the heatmap by default."""
+    active = companion.app_config.active_fields
+    if active is not None and field_name not in active.paths:
+        active.paths.append(field_name)
+        companion.save()
 
 
 def delete_region_samples(companion: fo.Dataset, label_ids: Iterable[str]) -> None:

@@ -1,0 +1,131 @@
+"""The real FiftyOne App in headless Chromium: run compute_region_embeddings from the operator browser,
+see the new fields, and see a per-instance heatmap render. Screenshots are kept in artifacts/."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fiftyone_maskinversion as fmi
+from fiftyone_maskinversion.dataset import heatmaps_dataset_name
+
+from .conftest import REPO, load_coco, make_backbone
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("MI_ARTIFACTS", REPO / "artifacts"))
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(mongod, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "app.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address", "127.0.0.1"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def page():
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is installed by .ci/setup")
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian chromium is required for the App test (installed by .ci/setup)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        yield page
+        browser.close()
+
+
+def _open(page, url):
+    page.goto(url)
+    try:
+        page.wait_for_selector("text=last_modified_at", timeout=90_000)  # the sidebar: past the loading screen
+    except Exception:
+        _grid(page, "app-failed-to-load.png")
+        raise
+    dismiss = page.get_by_text("Dismiss", exact=True)
+    if dismiss.count():
+        dismiss.first.click()
+    time.sleep(2)
+
+
+def _grid(page, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)[150:850, 320:1380]
+
+
+def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, tmp_path):
+    dataset = load_coco(2, persistent=True)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(make_backbone("mi-test-tiny", seed=1).model.state_dict(), checkpoint)
+    try:
+        _open(page, f"{app_url}/datasets/{dataset.name}")
+        page.keyboard.press("`")
+        page.keyboard.type("compute region embeddings")
+        page.get_by_text("MaskInversion: compute region embeddings").first.click()
+        page.wait_for_selector("input[value='ViT-B-16']", timeout=30_000)
+        page.locator("input[value='ViT-B-16']").fill("mi-test-tiny")
+        page.locator("input[value='openai']").fill(str(checkpoint))
+        page.locator("input[value='448']").fill("64")
+        page.locator("input[value='10']").fill("2")
+        _grid(page, "app-operator-form.png")
+        page.get_by_role("button", name="Execute").click()
+
+        expected = dataset.filter_labels("ground_truth", F("iscrowd") != 1).count("ground_truth.detections")
+        deadline = time.monotonic() + 180
+        while dataset.count("ground_truth.detections.mi_embedding") < expected:
+            assert time.monotonic() < deadline, "the operator did not embed every region"
+            time.sleep(1)
+        _open(page, f"{app_url}/datasets/{dataset.name}")
+        page.locator("[data-cy='sidebar-field-arrow-enabled-ground_truth']").click()  # list its attributes
+        page.wait_for_selector("text=mi_embedding_dice", timeout=30_000)
+        time.sleep(2)  # let the sidebar finish expanding
+        _grid(page, "app-fields.png")
+
+        heat = fmi.heatmaps_dataset(dataset)
+        assert len(heat) == dataset.count("ground_truth.detections.mi_embedding")
+        _open(page, f"{app_url}/datasets/{heat.name}")
+        time.sleep(3)
+        with_heatmap = _grid(page, "app-heatmaps.png")  # heatmap and instance shown by default
+        page.locator("[data-cy='checkbox-heatmap']").click()  # hide the heatmap label
+        time.sleep(3)
+        without_heatmap = _grid(page, "app-heatmaps-hidden.png")
+        # the heatmap overlay changes the rendered grid substantially
+        assert np.abs(with_heatmap - without_heatmap).mean() > 3.0
+    finally:
+        if fo.dataset_exists(heatmaps_dataset_name(dataset)):
+            fo.delete_dataset(heatmaps_dataset_name(dataset))
+        dataset.delete()
