@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from open_clip.pretrained import download_pretrained
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
+from .compact_weights import package_checkpoint
 from .images import ImageInput, load_rgb
 
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -134,6 +135,9 @@ def _resolve_weights(model_name: str, pretrained: Optional[str]) -> tuple:
         return None, {}
     if os.path.isfile(os.path.expanduser(pretrained)):
         return os.path.expanduser(pretrained), {}
+    shipped = package_checkpoint(model_name, pretrained)
+    if shipped:
+        return shipped, {}
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
         if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".pth", ".safetensors")):

@@ -120,7 +120,37 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     run_demo(coco_dir=args.coco_dir, max_samples=args.max_samples, model_name=args.model,
-             pretrained=args.pretrained, image_size=args.image_size, launch_app=args.app)
+             pretrained=args.pretrained, image_size=args.image_size, synthetic=args.synthetic,
+             launch_app=args.app)
+
+
+def cmd_eval(args) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from . import load_backbone
+    from .baselines import METHODS
+    from .evaluation import run
+    from .synthetic import write_coco
+
+    if args.synthetic:
+        folder = write_coco(Path(tempfile.mkdtemp(prefix="mi-eval-scenes-")), seed=args.seed, count=args.synthetic)
+        refs = folder / "expressions.json"
+    else:
+        folder, refs = Path(args.coco_dir), args.refs
+    tasks = args.tasks or ["classify", "refer", "mislabel"]
+    unknown = set(tasks) - {"classify", "refer", "mislabel"}
+    if unknown:
+        sys.exit(f"maskinversion eval: unknown task(s) {sorted(unknown)}; choose classify, refer, mislabel")
+    if "refer" in tasks and refs is None:
+        sys.exit("maskinversion eval refer: pass --refs FILE (referring expressions) or --synthetic N")
+    backbone = load_backbone(args.model, pretrained=args.pretrained or None, image_size=args.image_size, device=args.device)
+    results = run(backbone, folder, Path(args.out), tasks=tasks,
+                  methods=args.methods.split(",") if args.methods else METHODS, refs=refs,
+                  max_images=args.max_images, iterations=args.iterations, lr=args.lr, noise=args.noise,
+                  title=args.title)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"written: {args.out}/results.md, results.json, results.png ({results['images']} images)")
 
 
 def _common(parser: argparse.ArgumentParser, pred: bool = False) -> None:
@@ -183,12 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole workflow on a few COCO images")
     p.add_argument("--coco-dir", default=None, help="COCO-format folder (images/ + instances.json)")
-    p.add_argument("--max-samples", type=int, default=4)
+    p.add_argument("--max-samples", type=int, default=6)
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--pretrained", default="openai")
     p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--synthetic", action="store_true", help="synthetic scenes with the model trained here")
     p.add_argument("--app", action="store_true", help="open the FiftyOne App on the result")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="classify / refer / mislabel evaluations of all methods")
+    p.add_argument("tasks", nargs="*", help="classify, refer and/or mislabel (default: all three)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--coco-dir", help="COCO-format folder: images/ + instances.json")
+    source.add_argument("--synthetic", type=int, metavar="N", help="N held-out synthetic scenes")
+    p.add_argument("--refs", default=None, help="referring expressions JSON (refcocos-val2017 format)")
+    p.add_argument("--seed", type=int, default=2024, help="seed of the synthetic scenes")
+    p.add_argument("--model", default="ViT-B-16")
+    p.add_argument("--pretrained", default="openai")
+    p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--noise", type=float, default=0.2, help="fraction of labels corrupted for mislabel")
+    p.add_argument("--device", default=None)
+    p.add_argument("--title", default="")
+    p.add_argument("--out", default="eval-results")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

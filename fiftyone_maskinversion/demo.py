@@ -1,52 +1,114 @@
-"""``maskinversion demo``: the whole workflow (embed, relabel, mislabels, search) on a few COCO images."""
+"""``maskinversion demo``: the whole workflow (embed, relabel, mislabels, search) in a FiftyOne dataset.
+
+With pretrained CLIP weights available (ViT-B-16 / openai by default) it runs on a few images of the
+COCO sample. Offline, or with ``--synthetic``, it runs on synthetic scenes with the small CLIP trained
+in this repository (``mi-synth-vit`` / ``synthetic``), where a few labels are deliberately corrupted
+so the mislabel finder has something to find.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 DEMO_DATASET = "maskinversion-demo"
 COCO_ENV = "MASKINVERSION_COCO_DIR"
+SYNTHETIC_MODEL = ("mi-synth-vit", "synthetic", 64)
+CORRUPTED = 4  # labels flipped in the synthetic demo
 
 
-def find_coco_dir(coco_dir: Optional[str] = None) -> Path:
-    """The COCO-format folder to use: the argument, $MASKINVERSION_COCO_DIR, or the project's shared sample."""
+def find_coco_dir(coco_dir: Optional[str] = None) -> Optional[Path]:
+    """The COCO-format folder: the argument, $MASKINVERSION_COCO_DIR, or the project's shared sample."""
     candidates = [coco_dir, os.environ.get(COCO_ENV)]
-    candidates += [str(base / "shared" / "data" / "coco-val2017-mini") for base in (Path.cwd().parent, Path(__file__).resolve().parents[2])]
+    candidates += [str(base / "shared" / "data" / "coco-val2017-mini")
+                   for base in (Path.cwd().parent, Path(__file__).resolve().parents[2])]
     for candidate in candidates:
         if candidate and (Path(candidate) / "instances.json").is_file():
             return Path(candidate)
-    raise SystemExit(
-        "maskinversion demo: no COCO folder found; pass --coco-dir DIR (with images/ and instances.json) "
-        f"or set ${COCO_ENV}"
-    )
+    return None
 
 
 def run_demo(
     coco_dir: Optional[str] = None,
-    max_samples: int = 4,
+    max_samples: int = 6,
     model_name: str = "ViT-B-16",
     pretrained: Optional[str] = "openai",
     image_size: int = 448,
+    synthetic: bool = False,
     launch_app: bool = False,
 ) -> None:
     import fiftyone as fo
 
     from . import WeightsUnavailableError, load_backbone
-    from .dataset import compute_region_embeddings, find_mislabeled, search_regions, zero_shot_relabel
+    from .dataset import (
+        compute_region_embeddings,
+        find_mislabeled,
+        heatmaps_dataset_name,
+        search_regions,
+        zero_shot_relabel,
+    )
+    from .synthetic import CLASSES
 
-    folder = find_coco_dir(coco_dir)
-    try:
-        backbone = load_backbone(model_name, pretrained=pretrained, image_size=image_size)
-        random_weights = False
-    except WeightsUnavailableError as err:
-        print(f"{err}\n\n*** Using RANDOM {model_name} weights: this checks the pipeline; the labels, scores and "
-              "search results below carry no meaning. ***\n")
-        backbone = load_backbone(model_name, pretrained=None, image_size=image_size)
-        random_weights = True
-    if fo.dataset_exists(DEMO_DATASET):
-        fo.delete_dataset(DEMO_DATASET)
+    folder = None if synthetic else find_coco_dir(coco_dir)
+    backbone = None
+    if folder is not None:
+        try:
+            backbone = load_backbone(model_name, pretrained=pretrained, image_size=image_size)
+        except WeightsUnavailableError as err:
+            print(f"{err}\n-> running the demo on synthetic scenes with the model trained in this repository.\n")
+    if backbone is None:
+        name, tag, size = SYNTHETIC_MODEL
+        backbone = load_backbone(name, pretrained=tag, image_size=size)
+        folder = _synthetic_folder(max(max_samples, 24))
+        max_samples = max(max_samples, 24)
+    dataset = _load(folder, max_samples)
+    corrupted = _corrupt_labels(dataset, CLASSES) if backbone.model_name == SYNTHETIC_MODEL[0] else []
+    print(f"dataset {DEMO_DATASET!r}: {len(dataset)} images, {dataset.count('ground_truth.detections')} regions, "
+          f"model {backbone.model_name} / {backbone.pretrained} at {backbone.image_size} px")
+
+    summary = compute_region_embeddings(dataset, "ground_truth", backbone=backbone)
+    print(f"{summary.computed} regions embedded in {summary.seconds:.1f} s "
+          f"({60 * summary.computed / max(summary.seconds, 1e-9):.0f} regions/min); "
+          f"{summary.skipped_crowd} crowd regions skipped; {len(summary.failed)} failed")
+    classes = list(CLASSES) if corrupted else None
+    relabel = zero_shot_relabel(dataset, "ground_truth", classes=classes, backbone=backbone, overwrite=True)
+    print(f"zero-shot relabel over {len(relabel.classes)} classes: {relabel.changed}/{relabel.regions} "
+          "predictions differ from the labels")
+    if corrupted:
+        print(f"{len(corrupted)} labels were corrupted on purpose: {', '.join(corrupted)}")
+    print("most likely mislabeled regions:")
+    for sample in find_mislabeled(dataset, "ground_truth").limit(6):
+        pred = sample["ground_truth_mi_relabel"]
+        print(f"  mistakenness {pred.mistakenness:.3f}: labelled {pred.gt_label!r}, looks like {pred.label!r}")
+    query = "a photo of a red circle" if corrupted else "a photo of a person"
+    print(f"regions most similar to {query!r}:")
+    for sample in search_regions(dataset, "ground_truth", text=query, k=5, backbone=backbone):
+        print(f"  {sample.ground_truth.label!r} in {Path(sample.filepath).name}")
+    print(f"\nOpen it: `fiftyone app launch {DEMO_DATASET}`; per-region heatmaps are in "
+          f"'{heatmaps_dataset_name(DEMO_DATASET)}'")
+    if launch_app:
+        fo.launch_app(dataset).wait()
+
+
+def _synthetic_folder(count: int) -> Path:
+    from .synthetic import write_coco
+
+    folder = Path(tempfile.gettempdir()) / f"maskinversion-demo-scenes-{count}"
+    if not (folder / "instances.json").is_file():
+        write_coco(folder, seed=777, count=count)
+    return folder
+
+
+def _load(folder: Path, max_samples: int):
+    import fiftyone as fo
+
+    from .dataset import heatmaps_dataset_name
+
+    for name in (DEMO_DATASET, heatmaps_dataset_name(DEMO_DATASET)):
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
     dataset = fo.Dataset.from_dir(
         dataset_type=fo.types.COCODetectionDataset,
         data_path=str(folder / "images"),
@@ -58,26 +120,21 @@ def run_demo(
         progress=False,
     )
     dataset.persistent = True
-    print(f"dataset {DEMO_DATASET!r}: {len(dataset)} images, {dataset.count('ground_truth.detections')} regions")
+    return dataset
 
-    summary = compute_region_embeddings(dataset, "ground_truth", backbone=backbone,
-                                        progress=lambda d, t: print(f"\r  embedded {d}/{t} images", end="", flush=True))
-    print(f"\n{summary.computed} regions embedded in {summary.seconds:.1f} s "
-          f"({60 * summary.computed / max(summary.seconds, 1e-9):.1f} regions/min); "
-          f"{summary.skipped_crowd} crowd regions skipped; {len(summary.failed)} failed")
 
-    relabel = zero_shot_relabel(dataset, "ground_truth", backbone=backbone, overwrite=True)
-    print(f"zero-shot relabel over {len(relabel.classes)} classes: {relabel.changed}/{relabel.regions} disagree")
-    print("most likely mislabeled regions:")
-    for sample in find_mislabeled(dataset, "ground_truth").limit(5):
-        pred = sample["ground_truth_mi_relabel"]
-        print(f"  {pred.mistakenness:.3f}  labelled {pred.gt_label!r}, looks like {pred.label!r}")
-    query = "a photo of a person"
-    print(f"regions most similar to {query!r}:")
-    for sample in search_regions(dataset, "ground_truth", text=query, k=5, backbone=backbone):
-        print(f"  {sample.ground_truth.label!r} in {Path(sample.filepath).name}")
-    if random_weights:
-        print("\n(random weights: see above)")
-    print(f"\nOpen it: `fiftyone app launch {DEMO_DATASET}` (heatmaps: dataset '{DEMO_DATASET}-maskinversion-heatmaps')")
-    if launch_app:
-        fo.launch_app(dataset).wait()
+def _corrupt_labels(dataset, classes) -> list:
+    """Flip the labels of a few regions (seeded), recording the truth in ``true_label``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    flipped = []
+    samples = list(dataset.iter_samples(autosave=True))
+    for index in rng.choice(len(samples), size=min(CORRUPTED, len(samples)), replace=False):
+        det = samples[index].ground_truth.detections[0]
+        wrong = [c for c in classes if c != det.label][rng.integers(len(classes) - 1)]
+        det["true_label"] = det.label
+        flipped.append(f"{det.label} -> {wrong}")
+        det.label = wrong
+        samples[index].save()
+    return flipped

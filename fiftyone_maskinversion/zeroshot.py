@@ -40,3 +40,10 @@ def class_probabilities(backbone: Backbone, embeddings: np.ndarray, classes_emb:
     regions = F.normalize(torch.as_tensor(embeddings, dtype=torch.float32, device=classes_emb.device), dim=-1)
     scale = backbone.model.logit_scale.exp().float()
     return (scale * regions @ classes_emb.T).softmax(dim=-1).cpu().numpy()
+
+
+def mistakenness(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1 - p(annotated class) per row: the probability mass on the other classes (NaN where label < 0)."""
+    labels = np.asarray(labels)
+    picked = probabilities[np.arange(len(labels)), np.clip(labels, 0, None)]
+    return np.where(labels >= 0, 1.0 - picked, np.nan)

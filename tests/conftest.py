@@ -144,8 +144,8 @@ def coco_dataset(mongod):
     from fiftyone_maskinversion.dataset import heatmaps_dataset_name
     import fiftyone as fo
 
-    if fo.dataset_exists(heatmaps_dataset_name(dataset)):
-        fo.delete_dataset(heatmaps_dataset_name(dataset))
+    if fo.dataset_exists(heatmaps_dataset_name(dataset.name)):
+        fo.delete_dataset(heatmaps_dataset_name(dataset.name))
     dataset.delete()
 
 

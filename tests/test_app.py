@@ -126,6 +126,6 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         # the heatmap overlay changes the rendered grid substantially
         assert np.abs(with_heatmap - without_heatmap).mean() > 3.0
     finally:
-        if fo.dataset_exists(heatmaps_dataset_name(dataset)):
-            fo.delete_dataset(heatmaps_dataset_name(dataset))
+        if fo.dataset_exists(heatmaps_dataset_name(dataset.name)):
+            fo.delete_dataset(heatmaps_dataset_name(dataset.name))
         dataset.delete()

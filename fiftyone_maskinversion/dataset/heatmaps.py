@@ -20,13 +20,13 @@ from .regions import container_of, geometry_copy
 HEATMAP_CELLS_PER_PATCH = 4  # stored map: 4 x 4 pixels per patch; the App stretches it over the image
 
 
-def heatmaps_dataset_name(dataset: fo.Dataset) -> str:
-    return f"{dataset.name}-maskinversion-heatmaps"
+def heatmaps_dataset_name(dataset_name: str) -> str:
+    return f"{dataset_name}-maskinversion-heatmaps"
 
 
 def heatmaps_dataset(dataset: fo.Dataset, create: bool = True):
     """The companion dataset of ``dataset`` (created, persistent like its parent, when missing)."""
-    name = heatmaps_dataset_name(dataset)
+    name = heatmaps_dataset_name(dataset.name)
     if fo.dataset_exists(name):
         return fo.load_dataset(name)
     if not create:

@@ -14,7 +14,7 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from ..backbone import Backbone
-from ..zeroshot import class_embeddings, class_probabilities, templates_for
+from ..zeroshot import class_embeddings, class_probabilities, mistakenness, templates_for
 from .regions import attribute, container_of, geometry_copy, list_path, regions_of
 from .settings import backbone_for, require_settings
 
@@ -70,24 +70,24 @@ def zero_shot_relabel(
         if not embedded:
             continue
         probs = class_probabilities(backbone, np.stack([r[embeddings_field] for r in embedded]), text)
-        predictions = [_prediction(r, p, classes, index, top_k) for r, p in zip(embedded, probs)]
+        scores = mistakenness(probs, np.array([index.get(r.label, -1) for r in embedded]))
+        predictions = [_prediction(r, p, m, classes, top_k) for r, p, m in zip(embedded, probs, scores)]
         summary.regions += len(predictions)
         summary.changed += sum(p.label != p["gt_label"] for p in predictions)
         sample[pred_field] = container_of(predictions, container)
     return summary
 
 
-def _prediction(region, probs: np.ndarray, classes: list, index: dict, top_k: int):
+def _prediction(region, probs: np.ndarray, score: float, classes: list, top_k: int):
     order = np.argsort(-probs)[:top_k]
-    gt = region.label
     return geometry_copy(
         region,
         label=classes[order[0]],
         confidence=float(probs[order[0]]),
         topk_labels=[classes[i] for i in order],
         topk_scores=[float(probs[i]) for i in order],
-        gt_label=gt,
-        mistakenness=float(1.0 - probs[index[gt]]) if gt in index else None,
+        gt_label=region.label,
+        mistakenness=None if np.isnan(score) else float(score),
         source_label_id=region.id,
     )
 
