@@ -159,6 +159,12 @@ def _resolve_weights(model_name: str, pretrained: Optional[str]) -> tuple:
     return download_pretrained(cfg), cfg
 
 
+def weights_obtainable(model_name: str, pretrained: str) -> bool:
+    """Whether a pretrained tag's weights are cached here or downloadable now (no download is made)."""
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    return bool(cfg) and (_cached_hub_file(cfg) is not None or _hub_reachable())
+
+
 def _cached_hub_file(cfg: dict) -> Optional[str]:
     """The already-downloaded weights file of a pretrained config, if any."""
     hub = cfg.get("hf_hub", "")

@@ -28,6 +28,13 @@ TOKEN_MASK_BLOCKS = 2
 ENCODE_BATCH = 16
 
 
+def supported_methods(backbone: Backbone) -> tuple:
+    """The methods that apply to a backbone (token_mask needs a class-token image tower)."""
+    visual = backbone.visual
+    class_token = getattr(visual, "pool_type", "tok") == "tok" and not getattr(visual, "final_ln_after_pool", False)
+    return METHODS if class_token else tuple(m for m in METHODS if m != "token_mask")
+
+
 def region_embeddings(
     backbone: Backbone, image: ImageInput, masks: Sequence[np.ndarray], method: str = "maskinversion", **kwargs
 ) -> np.ndarray:
@@ -117,8 +124,8 @@ def _token_masked(backbone: Backbone, rgb: Image.Image, grid_masks: torch.Tensor
     from .block_state import capture_image_state
 
     visual = backbone.visual
-    if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "final_ln_after_pool", False):
-        raise ValueError("token_mask needs a class-token ViT (pool_type 'tok')")
+    if "token_mask" not in supported_methods(backbone):
+        raise ValueError(f"token_mask needs a class-token image tower; {backbone.model_name} pools otherwise")
     first = backbone.num_blocks - TOKEN_MASK_BLOCKS
     state = capture_image_state(backbone, backbone.pixels(rgb), [first])
     tokens = state.blocks[0].inputs  # n x width, input of the first masked block

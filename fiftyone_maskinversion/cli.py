@@ -129,7 +129,6 @@ def cmd_eval(args) -> None:
     from pathlib import Path
 
     from . import load_backbone
-    from .baselines import METHODS
     from .evaluation import run
     from .synthetic import write_coco
 
@@ -146,8 +145,9 @@ def cmd_eval(args) -> None:
         sys.exit("maskinversion eval refer: pass --refs FILE (referring expressions) or --synthetic N")
     backbone = load_backbone(args.model, pretrained=args.pretrained or None, image_size=args.image_size, device=args.device)
     results = run(backbone, folder, Path(args.out), tasks=tasks,
-                  methods=args.methods.split(",") if args.methods else METHODS, refs=refs,
+                  methods=args.methods.split(",") if args.methods else None, refs=refs,
                   max_images=args.max_images, iterations=args.iterations, lr=args.lr, noise=args.noise,
+                  blocks=[int(b) for b in args.blocks.split(",")] if args.blocks else None,
                   title=args.title)
     print((Path(args.out) / "results.md").read_text())
     print(f"written: {args.out}/results.md, results.json, results.png ({results['images']} images)")
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--noise", type=float, default=0.2, help="fraction of labels corrupted for mislabel")
+    p.add_argument("--blocks", default=None, help="explained blocks, e.g. -2,-1 (default: the last)")
     p.add_argument("--device", default=None)
     p.add_argument("--title", default="")
     p.add_argument("--out", default="eval-results")

@@ -16,6 +16,7 @@ from typing import Optional
 DEMO_DATASET = "maskinversion-demo"
 COCO_ENV = "MASKINVERSION_COCO_DIR"
 SYNTHETIC_MODEL = ("mi-synth-vit", "synthetic", 64)
+SYNTHETIC_BLOCKS = (-2, -1)  # this small model's last block alone does not point at the queried object
 CORRUPTED = 4  # labels flipped in the synthetic demo
 
 
@@ -68,7 +69,8 @@ def run_demo(
     print(f"dataset {DEMO_DATASET!r}: {len(dataset)} images, {dataset.count('ground_truth.detections')} regions, "
           f"model {backbone.model_name} / {backbone.pretrained} at {backbone.image_size} px")
 
-    summary = compute_region_embeddings(dataset, "ground_truth", backbone=backbone)
+    blocks = SYNTHETIC_BLOCKS if backbone.model_name == SYNTHETIC_MODEL[0] else None
+    summary = compute_region_embeddings(dataset, "ground_truth", backbone=backbone, blocks=blocks)
     print(f"{summary.computed} regions embedded in {summary.seconds:.1f} s "
           f"({60 * summary.computed / max(summary.seconds, 1e-9):.0f} regions/min); "
           f"{summary.skipped_crowd} crowd regions skipped; {len(summary.failed)} failed")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .baselines import METHODS, region_embeddings
+from .baselines import region_embeddings, supported_methods
 from .zeroshot import SINGLE_TEMPLATE, class_embeddings, class_probabilities, mistakenness, templates_for
 
 REFER_ALPHA = 5.0  # the paper's regulariser for referring expressions
@@ -159,19 +159,22 @@ def run(
     folder: Path,
     out_dir: Path,
     tasks: Sequence[str] = ("classify", "refer", "mislabel"),
-    methods: Sequence[str] = METHODS,
+    methods: Optional[Sequence[str]] = None,
     refs: Optional[Path] = None,
     max_images: Optional[int] = None,
     iterations: int = 10,
     lr: float = 0.5,
+    blocks: Optional[Sequence[int]] = None,
     noise: float = 0.2,
     title: str = "",
 ) -> dict:
     """All requested tasks and methods in one run; writes results.json, results.md and results.png."""
     data = load_instances(folder, max_images)
-    inverter = {"iterations": iterations, "lr": lr}
+    methods = list(methods or supported_methods(backbone))
+    inverter = {"iterations": iterations, "lr": lr, "blocks": blocks}
     results = {"title": title, "model": backbone.model_name, "pretrained": backbone.pretrained,
-               "image_size": backbone.image_size, "images": len(data.image_ids), "iterations": iterations, "lr": lr}
+               "image_size": backbone.image_size, "images": len(data.image_ids), "iterations": iterations, "lr": lr,
+               "blocks": list(blocks) if blocks else [-1]}
     if "classify" in tasks or "mislabel" in tasks:
         embedded = embed_instances(backbone, data, methods, **inverter)
         results["instances"] = len(embedded[methods[0]]["ids"])
@@ -196,7 +199,8 @@ def markdown(results: dict) -> str:
     """The tables in the paper's layout: one row per method."""
     lines = [f"# {results.get('title') or 'MaskInversion evaluation'}", "",
              f"Model {results['model']} / {results['pretrained']} at {results['image_size']} px, "
-             f"{results['images']} images, MaskInversion {results['iterations']} iterations, lr {results['lr']}.", ""]
+             f"{results['images']} images, MaskInversion {results['iterations']} iterations, lr {results['lr']}, "
+             f"explained blocks {results['blocks']}.", ""]
     if "classify" in results:
         lines += [f"## Class retrieval ({results['instances']} instances)", "",
                   "| method | prompts | Acc@1 | Acc@5 | Acc@10 | class Acc@1 | class Acc@5 | class Acc@10 |",

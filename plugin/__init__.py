@@ -55,13 +55,17 @@ def _delegation_input(inputs):
     inputs.bool("delegate", default=False, label="Run in the background (delegated)?")
 
 
-class ComputeRegionEmbeddings(foo.Operator):
+class _Delegable(foo.Operator):
+    """An operator that runs immediately or, if the user asks, queued for `fiftyone delegated launch`."""
+
+    op_name, op_label, op_description = "", "", ""
+
     @property
     def config(self):
         return foo.OperatorConfig(
-            name="compute_region_embeddings",
-            label="MaskInversion: compute region embeddings",
-            description="Localized CLIP embeddings, LeGrad heatmaps and Dice/IoU for every region of a label field",
+            name=self.op_name,
+            label=self.op_label,
+            description=self.op_description,
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
@@ -69,6 +73,12 @@ class ComputeRegionEmbeddings(foo.Operator):
 
     def resolve_delegation(self, ctx):
         return bool(ctx.params.get("delegate", False))
+
+
+class ComputeRegionEmbeddings(_Delegable):
+    op_name = "compute_region_embeddings"
+    op_label = "MaskInversion: compute region embeddings"
+    op_description = "Localized CLIP embeddings, LeGrad heatmaps and Dice/IoU for every region of a label field"
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -140,19 +150,10 @@ def _queue_shards(ctx, uri, shards):
     return {"queued_shards": shards}
 
 
-class ZeroShotRelabel(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="zero_shot_relabel",
-            label="MaskInversion: zero-shot relabel regions",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
-
-    def resolve_delegation(self, ctx):
-        return bool(ctx.params.get("delegate", False))
+class ZeroShotRelabel(_Delegable):
+    op_name = "zero_shot_relabel"
+    op_label = "MaskInversion: zero-shot relabel regions"
+    op_description = "Predicted class, confidence, top-k and mistakenness for every embedded region"
 
     def resolve_input(self, ctx):
         inputs = types.Object()

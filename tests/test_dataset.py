@@ -246,3 +246,19 @@ def test_delete_region_results(embedded, tiny_coco):
     assert not embedded.has_field("ground_truth.detections.mi_embedding")
     assert embedded.list_brain_runs() == [] and "ground_truth.mi_embedding" not in embedded.info["maskinversion"]
     assert embedded.count("ground_truth.detections") > 0  # the ground truth itself stays
+
+
+def test_index_for_a_pretrained_tag_falls_back_when_the_zoo_model_cannot_load(embedded, caplog):
+    """With a standard model + tag the index names the zoo text model; offline it cannot load, and the
+    index is built without it (searching through our own text embedding still works)."""
+    runs = dict(embedded.info["maskinversion"])
+    runs["ground_truth.mi_embedding"] = {**runs["ground_truth.mi_embedding"], "model_name": "ViT-B-32", "pretrained": "openai"}
+    embedded.info["maskinversion"] = runs
+    embedded.save()
+    fmi.build_region_index(embedded, "ground_truth")
+    assert "App's text search box will not work" in caplog.text
+    brain_key = "ground_truth_mi_embedding_sim"
+    assert embedded.list_brain_runs() == [brain_key]
+    region = embedded.first().ground_truth.detections[0].id
+    view = embedded.to_patches("ground_truth").sort_by_similarity(region, k=2, brain_key=brain_key)
+    assert view.first().ground_truth.id == region

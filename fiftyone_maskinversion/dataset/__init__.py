@@ -6,16 +6,6 @@ from .heatmaps import heatmaps_dataset, heatmaps_dataset_name
 from .relabel import apply_relabel, find_mislabeled, undo_relabel, zero_shot_relabel
 from .search import build_region_index, search_regions
 
-__all__ = [
-    "RegionRunSummary",
-    "apply_relabel",
-    "build_region_index",
-    "compute_region_embeddings",
-    "delete_region_results",
-    "find_mislabeled",
-    "heatmaps_dataset",
-    "heatmaps_dataset_name",
-    "search_regions",
-    "undo_relabel",
-    "zero_shot_relabel",
-]
+from .. import _DATASET_API
+
+__all__ = [*_DATASET_API, "RegionRunSummary", "heatmaps_dataset_name"]

@@ -8,6 +8,8 @@ queries are embedded here with the recorded backbone (see :func:`search_regions`
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from typing import Optional
 
@@ -15,9 +17,12 @@ import fiftyone.brain as fob
 import numpy as np
 import torch.nn.functional as F
 
-from ..backbone import Backbone
+from ..backbone import Backbone, weights_obtainable
+from ..compact_weights import PACKAGE_TAGS
 from .regions import list_path
 from .settings import backbone_for, require_settings
+
+logger = logging.getLogger(__name__)
 
 
 def default_brain_key(label_field: str, embeddings_field: str) -> str:
@@ -40,13 +45,8 @@ def build_region_index(
             raise ValueError(f"brain run {brain_key!r} exists in {dataset.name!r}; pass overwrite=True")
         dataset.delete_brain_run(brain_key)
     embedded = samples.filter_labels(label_field, _has(embeddings_field), only_matches=True)
-    kwargs = {}
-    if _is_zoo_compatible(settings):
-        kwargs = {
-            "model": "open-clip-torch",
-            "model_kwargs": {"clip_model": settings["model_name"], "pretrained": settings["pretrained"]},
-        }
-    return fob.compute_similarity(
+    index = functools.partial(
+        fob.compute_similarity,
         embedded,
         patches_field=label_field,
         embeddings=f"{list_path(samples, label_field)}.{embeddings_field}",
@@ -54,8 +54,21 @@ def build_region_index(
         backend="sklearn",
         metric="cosine",
         progress=False,
-        **kwargs,
     )
+    if _is_zoo_compatible(settings):
+        zoo_kwargs = {"clip_model": settings["model_name"], "pretrained": settings["pretrained"]}
+        try:
+            if not weights_obtainable(settings["model_name"], settings["pretrained"]):
+                raise RuntimeError("its weights are neither cached nor downloadable")
+            return index(model="open-clip-torch", model_kwargs=zoo_kwargs)
+        except Exception as err:  # the zoo model cannot load here
+            logger.warning(
+                "index %r built without the zoo text model (%s): the App's text search box will not work; "
+                "search with search_regions() or the search_regions operator instead", brain_key, err
+            )
+            if brain_key in dataset.list_brain_runs():
+                dataset.delete_brain_run(brain_key)
+    return index()
 
 
 def search_regions(
@@ -91,4 +104,9 @@ def _has(embeddings_field: str):
 def _is_zoo_compatible(settings: dict) -> bool:
     """A standard open_clip name + tag (not a local file) that FiftyOne's zoo model can load too."""
     pretrained = settings.get("pretrained")
-    return bool(pretrained) and not os.path.isfile(str(pretrained))
+    return bool(pretrained) and not os.path.isfile(str(pretrained)) and package_checkpoint_free(settings)
+
+
+def package_checkpoint_free(settings: dict) -> bool:
+    """Tags shipped by this package are unknown to FiftyOne's zoo."""
+    return (settings["model_name"], settings["pretrained"]) not in PACKAGE_TAGS

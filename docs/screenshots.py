@@ -1,0 +1,52 @@
+"""Regenerate the README's App screenshots from the demo dataset (run `maskinversion demo` first).
+
+    .venv/bin/python docs/screenshots.py
+
+Starts the real App on localhost, drives Debian's headless Chromium with Playwright and writes
+docs/screenshots/{heatmaps,mislabeled,search}.png.
+"""
+
+import time
+from pathlib import Path
+
+import fiftyone as fo
+from playwright.sync_api import sync_playwright
+
+import fiftyone_maskinversion as fmi
+from fiftyone_maskinversion.dataset import heatmaps_dataset_name
+from fiftyone_maskinversion.demo import DEMO_DATASET
+
+OUT = Path(__file__).resolve().parent / "screenshots"
+PORT = 5159
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def main() -> None:
+    dataset = fo.load_dataset(DEMO_DATASET)
+    heatmaps = fo.load_dataset(heatmaps_dataset_name(DEMO_DATASET))
+    session = fo.launch_app(heatmaps, port=PORT, address="127.0.0.1", auto=False)
+    OUT.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"http://127.0.0.1:{PORT}/")
+        page.wait_for_selector("text=last_modified_at", timeout=120_000)
+        if page.get_by_text("Dismiss", exact=True).count():
+            page.get_by_text("Dismiss", exact=True).first.click()
+        shots = [
+            ("heatmaps.png", heatmaps.sort_by("dice", reverse=True)),
+            ("mislabeled.png", fmi.find_mislabeled(dataset, "ground_truth")),
+            ("search.png", fmi.search_regions(dataset, "ground_truth", text="a photo of a red circle", k=12)),
+        ]
+        for name, view in shots:
+            session.view = view
+            time.sleep(8)
+            page.screenshot(path=str(OUT / name))
+            print("wrote", OUT / name)
+        browser.close()
+    session.close()
+
+
+if __name__ == "__main__":
+    main()
