@@ -256,9 +256,28 @@ def test_index_for_a_pretrained_tag_falls_back_when_the_zoo_model_cannot_load(em
     embedded.info["maskinversion"] = runs
     embedded.save()
     fmi.build_region_index(embedded, "ground_truth")
-    assert "App's text search box will not work" in caplog.text
+    assert "text search box will not work" in caplog.text
     brain_key = "ground_truth_mi_embedding_sim"
     assert embedded.list_brain_runs() == [brain_key]
     region = embedded.first().ground_truth.detections[0].id
     view = embedded.to_patches("ground_truth").sort_by_similarity(region, k=2, brain_key=brain_key)
     assert view.first().ground_truth.id == region
+
+
+def test_index_names_the_zoo_text_model_so_string_queries_work_like_the_app(coco_dataset, tmp_path):
+    """The App's text search box sends the text to the index's own model; with a checkpoint file the
+    index names FiftyOne's open-clip-torch zoo model on it, and its ranking equals search_regions'."""
+    import torch
+
+    path = tmp_path / "tiny.pt"
+    torch.save(make_backbone("mi-test-tiny", seed=7).model.state_dict(), path)
+    fmi.compute_region_embeddings(coco_dataset, "ground_truth", model_name="mi-test-tiny", pretrained=str(path),
+                                  image_size=64, iterations=2)
+    results = fmi.build_region_index(coco_dataset, "ground_truth")
+    assert results.config.model == "open-clip-torch"
+    assert results.config.model_kwargs == {"clip_model": "mi-test-tiny", "pretrained": str(path), "text_prompt": ""}
+    text = "a photo of a chair"
+    by_string = coco_dataset.to_patches("ground_truth").sort_by_similarity(
+        text, k=6, brain_key="ground_truth_mi_embedding_sim")
+    ours = fmi.search_regions(coco_dataset, "ground_truth", text=text, k=6)
+    assert by_string.values("ground_truth.id") == ours.values("ground_truth.id")

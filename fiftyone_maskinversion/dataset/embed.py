@@ -83,8 +83,9 @@ def compute_region_embeddings(
     ``backbone`` replaces model_name/pretrained/image_size with an already loaded model.
     """
     start = time.perf_counter()
+    shard_view = _shard(samples, shard)
     if label_type(samples, label_field) is fo.Segmentation:
-        label_field = derive_segmentation_regions(samples, label_field)
+        label_field = derive_segmentation_regions(shard_view, label_field)  # each worker derives its own shard
     backbone = backbone or load_backbone(model_name, pretrained=pretrained, image_size=image_size, device=device)
     inverter = MaskInverter(backbone, iterations=iterations, lr=lr, alpha=alpha, blocks=blocks)
     settings = make_settings(
@@ -95,7 +96,7 @@ def compute_region_embeddings(
     _declare_fields(samples, list_path(samples, label_field), names)
     companion = heatmap_store.heatmaps_dataset(samples._dataset)
 
-    view = _shard(samples, shard).select_fields(label_field)
+    view = shard_view.select_fields(label_field)
     summary = RegionRunSummary(label_field=label_field, embeddings_field=embeddings_field)
     total = len(view)
     for index, sample in enumerate(view.iter_samples(autosave=True, batch_size=batch_size, progress=False)):

@@ -1,9 +1,10 @@
 """Text-to-region and region-to-region search over the region embeddings, through fiftyone-brain.
 
 The index is a brain similarity run over the label field's patches with our precomputed
-embeddings. When the backbone is a standard open_clip model + pretrained tag, the index also names
-the equivalent zoo model ("open-clip-torch") so the App's own text search box works; otherwise
-queries are embedded here with the recorded backbone (see :func:`search_regions`).
+embeddings. Whenever FiftyOne's "open-clip-torch" zoo model can load the same weights (a standard
+tag that is cached or downloadable, a local checkpoint file, a tag this package ships), the index
+names it, so the App's own text search box works; otherwise queries are embedded here with the
+recorded backbone (see :func:`search_regions` and the search_regions operator).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from ..backbone import Backbone, weights_obtainable
-from ..compact_weights import PACKAGE_TAGS
+from ..compact_weights import package_checkpoint
 from .regions import list_path
 from .settings import backbone_for, require_settings
 
@@ -55,11 +56,11 @@ def build_region_index(
         metric="cosine",
         progress=False,
     )
-    if _is_zoo_compatible(settings):
-        zoo_kwargs = {"clip_model": settings["model_name"], "pretrained": settings["pretrained"]}
+    pretrained = _zoo_pretrained(settings)
+    if pretrained:
+        # text_prompt "": the zoo model would otherwise prefix every query ("A photo of ...")
+        zoo_kwargs = {"clip_model": settings["model_name"], "pretrained": pretrained, "text_prompt": ""}
         try:
-            if not weights_obtainable(settings["model_name"], settings["pretrained"]):
-                raise RuntimeError("its weights are neither cached nor downloadable")
             return index(model="open-clip-torch", model_kwargs=zoo_kwargs)
         except Exception as err:  # the zoo model cannot load here
             logger.warning(
@@ -68,6 +69,12 @@ def build_region_index(
             )
             if brain_key in dataset.list_brain_runs():
                 dataset.delete_brain_run(brain_key)
+    else:
+        logger.warning(
+            "index %r built without a text model (%s / %s cannot be loaded by name here): the App's text "
+            "search box will not work; search with search_regions() or the search_regions operator", brain_key,
+            settings["model_name"], settings["pretrained"],
+        )
     return index()
 
 
@@ -101,12 +108,16 @@ def _has(embeddings_field: str):
     return ViewField(embeddings_field).exists()
 
 
-def _is_zoo_compatible(settings: dict) -> bool:
-    """A standard open_clip name + tag (not a local file) that FiftyOne's zoo model can load too."""
-    pretrained = settings.get("pretrained")
-    return bool(pretrained) and not os.path.isfile(str(pretrained)) and package_checkpoint_free(settings)
-
-
-def package_checkpoint_free(settings: dict) -> bool:
-    """Tags shipped by this package are unknown to FiftyOne's zoo."""
-    return (settings["model_name"], settings["pretrained"]) not in PACKAGE_TAGS
+def _zoo_pretrained(settings: dict) -> Optional[str]:
+    """What FiftyOne's open-clip-torch zoo model needs as ``pretrained`` to load the same weights:
+    a checkpoint file (local checkpoints and tags this package ships), or a standard tag whose weights
+    are cached or downloadable; None when there is no such way (random weights, offline)."""
+    name, pretrained = settings["model_name"], settings.get("pretrained")
+    if not pretrained:
+        return None
+    if os.path.isfile(str(pretrained)):
+        return str(pretrained)
+    shipped = package_checkpoint(name, pretrained)
+    if shipped:
+        return shipped
+    return pretrained if weights_obtainable(name, pretrained) else None
