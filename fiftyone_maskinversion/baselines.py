@@ -71,14 +71,19 @@ def _encode(backbone: Backbone, images: List[Image.Image]) -> np.ndarray:
 
 
 def _box(mask: np.ndarray, min_side: int) -> tuple:
-    """The mask's bounding box (left, top, right, bottom), grown to at least min_side where possible."""
+    """The mask's bounding box (left, top, right, bottom), grown (and shifted inside the image) to at
+    least min_side pixels per side, so that every crop is at least one patch."""
     ys, xs = np.nonzero(mask)
-    left, top, right, bottom = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     height, width = mask.shape
-    grow_x, grow_y = max(0, min_side - (right - left)), max(0, min_side - (bottom - top))
-    left, right = max(0, left - grow_x // 2), min(width, right + grow_x - grow_x // 2)
-    top, bottom = max(0, top - grow_y // 2), min(height, bottom + grow_y - grow_y // 2)
-    return int(left), int(top), int(right), int(bottom)
+
+    def span(low: int, high: int, limit: int) -> tuple:
+        size = min(max(high - low, min_side), limit)
+        start = min(max(0, (low + high - size) // 2), limit - size)
+        return start, start + size
+
+    left, right = span(int(xs.min()), int(xs.max()) + 1, width)
+    top, bottom = span(int(ys.min()), int(ys.max()) + 1, height)
+    return left, top, right, bottom
 
 
 def _mean_colour(backbone: Backbone) -> tuple:
