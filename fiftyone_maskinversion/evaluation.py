@@ -69,17 +69,19 @@ def embed_instances(backbone: Backbone, data: Instances, methods: Sequence[str],
     return out
 
 
-def _class_text(backbone: Backbone, names: List[str]) -> Dict[str, torch.Tensor]:
+def class_text(backbone: Backbone, names: List[str]) -> Dict[str, torch.Tensor]:
+    """Class text embeddings with one template and with CLIP's ensemble (computed once per run)."""
     return {
         "single": class_embeddings(backbone, names, templates_for(SINGLE_TEMPLATE)),
         "ensemble": class_embeddings(backbone, names, templates_for("ensemble")),
     }
 
 
-def classify(backbone: Backbone, data: Instances, embedded: Dict[str, dict]) -> dict:
-    """Acc@1/5/10 of ranking the class names for every instance, instance- and class-averaged."""
+def classify(backbone: Backbone, data: Instances, embedded: Dict[str, dict], texts: Dict[str, torch.Tensor]) -> dict:
+    """Acc@1/5/10 of ranking the class names for every instance, instance- and class-averaged.
+
+    ``texts``: the class text embeddings per prompt mode (see :func:`class_text`)."""
     names = data.class_names
-    texts = _class_text(backbone, names)
     results = {}
     for method, got in embedded.items():
         truth = np.array([names.index(label) for label in got["labels"]])
@@ -124,10 +126,12 @@ def refer(backbone: Backbone, data: Instances, expressions: list, methods: Seque
     return results
 
 
-def mislabel(backbone: Backbone, data: Instances, embedded: Dict[str, dict], noise: float = 0.2, seed: int = 0) -> dict:
-    """Corrupt a seeded fraction of labels; rank instances by mistakenness; AUROC and precision@k."""
+def mislabel(
+    backbone: Backbone, data: Instances, embedded: Dict[str, dict], text: torch.Tensor, noise: float = 0.2, seed: int = 0
+) -> dict:
+    """Corrupt a seeded fraction of labels; rank instances by mistakenness (against the class text
+    embeddings ``text``); AUROC and precision@k."""
     names = data.class_names
-    text = _class_text(backbone, names)["ensemble"]
     results = {}
     for method, got in embedded.items():
         rng = np.random.default_rng(seed)
@@ -178,14 +182,20 @@ def run(
     if "classify" in tasks or "mislabel" in tasks:
         embedded = embed_instances(backbone, data, methods, **inverter)
         results["instances"] = len(embedded[methods[0]]["ids"])
+        texts = class_text(backbone, data.class_names)
         if "classify" in tasks:
-            results["classify"] = classify(backbone, data, embedded)
+            results["classify"] = classify(backbone, data, embedded, texts)
         if "mislabel" in tasks:
-            results["mislabel"] = mislabel(backbone, data, embedded, noise=noise)
+            results["mislabel"] = mislabel(backbone, data, embedded, texts["ensemble"], noise=noise)
     if "refer" in tasks:
         refs = Path(refs) if refs else folder / "expressions.json"
-        expressions = [e for e in json.loads(refs.read_text()) if e["image_id"] in set(data.image_ids)]
-        results["refer"] = refer(backbone, data, expressions, methods, **inverter)
+        expressions = json.loads(refs.read_text())
+        if max_images:  # the expressions of the first max_images images that have expressions
+            kept = set(sorted({e["image_id"] for e in expressions})[:max_images])
+            expressions = [e for e in expressions if e["image_id"] in kept]
+        if not expressions:
+            raise ValueError(f"no referring expressions in {refs}")
+        results["refer"] = refer(backbone, load_instances(folder), expressions, methods, **inverter)
         results["expressions"] = len(expressions)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
