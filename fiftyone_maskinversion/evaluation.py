@@ -100,8 +100,6 @@ def classify(backbone: Backbone, data: Instances, embedded: Dict[str, dict], tex
 
 def refer(backbone: Backbone, data: Instances, expressions: list, methods: Sequence[str], **inverter) -> dict:
     """Pick, for each expression, the candidate mask whose embedding is closest to the text."""
-    from pycocotools import mask as mask_utils  # noqa: F401  (annToMask needs it loaded)
-
     results = {}
     for method in methods:
         hits, ious, inter_sum, union_sum = [], [], 0, 0

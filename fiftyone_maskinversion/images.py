@@ -47,9 +47,7 @@ def load_rgb(image: ImageInput, min_side: int = 1) -> Image.Image:
 
 def _pil_to_rgb(pil: Image.Image) -> Image.Image:
     """RGB version of any PIL mode: 16-bit and float modes are rescaled, alpha is dropped."""
-    if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return Image.fromarray(_array_to_uint8(np.asarray(pil))).convert("RGB")
-    if pil.mode == "F":
+    if pil.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return Image.fromarray(_array_to_uint8(np.asarray(pil))).convert("RGB")
     return pil.convert("RGB")
 
