@@ -134,8 +134,7 @@ def _token_masked(backbone: Backbone, rgb: Image.Image, grid_masks: torch.Tensor
     first = backbone.num_blocks - TOKEN_MASK_BLOCKS
     state = capture_image_state(backbone, backbone.pixels(rgb), [first])
     tokens = state.blocks[0].inputs  # n x width, input of the first masked block
-    patch, grid = backbone.patch_size, backbone.grid_size
-    covered = F.avg_pool2d(grid_masks[:, None].to(tokens.device), patch)[:, 0].flatten(1) >= 0.5  # M x grid^2
+    covered = F.avg_pool2d(grid_masks[:, None].to(tokens.device), backbone.patch_size)[:, 0].flatten(1) >= 0.5  # M x grid^2
     covered |= ~covered.any(dim=1, keepdim=True)  # a mask smaller than half a patch: keep every patch
     count, n = covered.shape[0], tokens.shape[0]
     heads = visual.transformer.resblocks[first].attn.num_heads

@@ -3,13 +3,13 @@
 import os
 import socket
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_maskinversion as fmi
-from fiftyone_maskinversion.dataset.regions import SUPPORTED_TYPES
+from fiftyone_maskinversion.dataset.regions import REGION_TYPES, SUPPORTED_TYPES
 
+REGION_FIELDS = tuple(REGION_TYPES)  # fields whose labels carry the embeddings (Segmentation -> derived Detections)
 TARGETS = {"DATASET": "Entire dataset", "CURRENT_VIEW": "Current view", "SELECTED_SAMPLES": "Selected samples"}
 
 
@@ -196,7 +196,7 @@ class ApplyRelabel(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=(fo.Detections, fo.Polylines))
+        _field_choice(ctx, inputs, types_=REGION_FIELDS)
         inputs.str("pred_field", default="", label="Predictions field (empty: <field>_mi_relabel)")
         inputs.float("threshold", default=0.9, label="Minimum confidence")
         inputs.bool("undo", default=False, label="Undo: restore the original labels instead")
@@ -223,7 +223,7 @@ class FindMislabeled(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=(fo.Detections, fo.Polylines))
+        _field_choice(ctx, inputs, types_=REGION_FIELDS)
         inputs.str("pred_field", default="", label="Predictions field (empty: <field>_mi_relabel)")
         return types.Property(inputs, view=types.View(label="Find mislabeled regions"))
 
@@ -240,7 +240,7 @@ class SearchRegions(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=(fo.Detections, fo.Polylines))
+        _field_choice(ctx, inputs, types_=REGION_FIELDS)
         inputs.str("embeddings_field", default="mi_embedding", label="Embeddings attribute")
         inputs.str("text", default="", label="Text query (empty: use the selected region)")
         inputs.int("k", default=25, label="Number of regions")
@@ -275,7 +275,7 @@ class DeleteRegionResults(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=(fo.Detections, fo.Polylines))
+        _field_choice(ctx, inputs, types_=REGION_FIELDS)
         inputs.str("embeddings_field", default="mi_embedding", label="Embeddings attribute")
         inputs.view("warning", types.Warning(label="Deletes embeddings, heatmaps, relabel predictions and the index"))
         return types.Property(inputs, view=types.View(label="Delete MaskInversion results"))

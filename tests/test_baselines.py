@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from fiftyone_maskinversion.baselines import METHODS, region_embeddings
 

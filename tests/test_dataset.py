@@ -1,7 +1,5 @@
 """The FiftyOne layer on real COCO images and masks, with the real FiftyOne database."""
 
-import os
-import shutil
 
 import fiftyone as fo
 import numpy as np

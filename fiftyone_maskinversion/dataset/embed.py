@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import fiftyone as fo
-import numpy as np
 
 from ..backbone import Backbone, load_backbone
 from ..images import InputError, load_rgb

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
