@@ -6,11 +6,14 @@ Starts the real App on localhost, drives Debian's headless Chromium with Playwri
 docs/screenshots/{heatmaps,mislabeled,search}.png.
 """
 
+import os
 import time
 from pathlib import Path
 
-import fiftyone as fo
-from playwright.sync_api import sync_playwright
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")  # no analytics banner over the screenshots
+
+import fiftyone as fo  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
 
 import fiftyone_maskinversion as fmi
 from fiftyone_maskinversion.dataset import heatmaps_dataset_name

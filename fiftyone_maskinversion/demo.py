@@ -16,7 +16,7 @@ from typing import Optional
 DEMO_DATASET = "maskinversion-demo"
 COCO_ENV = "MASKINVERSION_COCO_DIR"
 SYNTHETIC_MODEL = ("mi-synth-vit", "synthetic", 64)
-SYNTHETIC_BLOCKS = (-2, -1)  # this small model's last block alone does not point at the queried object
+SYNTHETIC_BLOCKS = (0, 1, 2, 3)  # every block of the 4-block model, as LeGrad aggregates over layers
 CORRUPTED = 4  # labels flipped in the synthetic demo
 
 
@@ -97,10 +97,8 @@ def run_demo(
 def _synthetic_folder(count: int) -> Path:
     from .synthetic import write_coco
 
-    folder = Path(tempfile.gettempdir()) / f"maskinversion-demo-scenes-{count}"
-    if not (folder / "instances.json").is_file():
-        write_coco(folder, seed=777, count=count)
-    return folder
+    # rewritten on every run (seeded, so identical unless the generator changed): a cached copy could be stale
+    return write_coco(Path(tempfile.gettempdir()) / f"maskinversion-demo-scenes-{count}", seed=777, count=count)
 
 
 def _load(folder: Path, max_samples: int):

@@ -1,7 +1,7 @@
 """Synthetic multi-object scenes with exact masks, object names and captions (seeded, reproducible).
 
-Each scene has 2-4 non-overlapping objects, each a (colour, shape) pair drawn with a little texture
-on a noisy background; names are unique within a scene ("red circle"), the caption lists them all.
+Each scene has 2-4 non-overlapping objects, each of one of 12 classes (its own colour and shape)
+drawn with a little texture on a noisy background; names are unique within a scene ("red circle"), the caption lists them all.
 A small CLIP trained on such captions is the offline stand-in for pretrained weights.
 """
 
@@ -15,16 +15,24 @@ from typing import Iterator, List
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLORS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (40, 60, 220),
-    "yellow": (235, 215, 30),
-    "purple": (140, 40, 170),
-    "orange": (245, 130, 20),
+# Each class has its own colour and shape, so a region's name follows from its appearance alone: a
+# model this small cannot learn which colour goes with which shape from scene captions, and that
+# binding problem is not what localized embeddings are about.
+OBJECTS = {
+    "red circle": ((220, 30, 30), "circle"),
+    "green square": ((30, 170, 40), "square"),
+    "blue triangle": ((40, 60, 220), "triangle"),
+    "yellow cross": ((235, 215, 30), "cross"),
+    "purple circle": ((140, 40, 170), "circle"),
+    "orange square": ((245, 130, 20), "square"),
+    "cyan triangle": ((30, 210, 220), "triangle"),
+    "pink cross": ((250, 120, 200), "cross"),
+    "white circle": ((250, 250, 250), "circle"),
+    "black square": ((15, 15, 15), "square"),
+    "brown triangle": ((120, 70, 20), "triangle"),
+    "lime cross": ((170, 250, 60), "cross"),
 }
-SHAPES = ("circle", "square", "triangle", "cross")
-CLASSES = tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+CLASSES = tuple(OBJECTS)
 SCENE_SIZE = 64
 
 
@@ -62,14 +70,14 @@ def make_scene(rng: np.random.Generator, size: int = SCENE_SIZE, min_objects: in
     for _ in range(50):
         if len(names) == count:
             break
-        color, shape = list(COLORS)[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))]
-        name = f"{color} {shape}"
+        name = CLASSES[rng.integers(len(CLASSES))]
+        color, shape = OBJECTS[name]
         extent = int(rng.integers(size // 5, size * 2 // 5))
         x0, y0 = (int(v) for v in rng.integers(0, size - extent, 2))
         mask = _shape_mask(shape, (x0, y0, x0 + extent - 1, y0 + extent - 1), size)
         if name in names or (mask & occupied).any():
             continue
-        shade = np.array(COLORS[color]) * rng.uniform(0.85, 1.1)
+        shade = np.array(color) * rng.uniform(0.85, 1.1)
         texture = rng.normal(0, 10, (size, size, 3))
         image[mask] = np.clip(shade + texture[mask], 0, 255)
         names.append(name)

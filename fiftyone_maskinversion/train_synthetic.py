@@ -1,6 +1,6 @@
 """Train the small CLIP ``mi-synth-vit`` on synthetic scenes and save its compact weights.
 
-    python -m fiftyone_maskinversion.train_synthetic [--steps 1500] [--out PATH]
+    python -m fiftyone_maskinversion.train_synthetic [--steps 1000] [--out PATH]
 
 Seeded and reproducible on the CPU (deterministic scene stream, fixed init and thread count).
 The weights are saved in the compact format of ``compact_weights`` and load as
@@ -34,7 +34,7 @@ def _batch(rng: np.random.Generator, size: int, tokenizer) -> tuple:
     return (images - mean) / std, tokenizer([s.caption for s in scenes])
 
 
-def train(steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50):
+def train(steps: int = 1000, batch_size: int = 128, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50):
     """Contrastive training from scratch; returns (model, token ids seen)."""
     register_model_configs()
     torch.manual_seed(seed)
@@ -68,7 +68,7 @@ def train(steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, seed: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args()

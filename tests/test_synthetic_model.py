@@ -9,13 +9,13 @@ from fiftyone_maskinversion.baselines import region_embeddings
 from fiftyone_maskinversion.compact_weights import PACKAGE_TAGS, expand_compact
 from fiftyone_maskinversion.demo import SYNTHETIC_BLOCKS
 from fiftyone_maskinversion.losses import binary_iou
-from fiftyone_maskinversion.synthetic import CLASSES, scenes
+from fiftyone_maskinversion.synthetic import CLASSES, make_scene, scenes
 from fiftyone_maskinversion.train_synthetic import TRAIN_SEED, train
 from fiftyone_maskinversion.zeroshot import class_embeddings, class_probabilities
 
 HELD_OUT_SEED = 4242  # never used for training (TRAIN_SEED differs)
 HELD_OUT_SCENES = 30
-BLOCKS = SYNTHETIC_BLOCKS  # this tiny model's last block alone does not point at the queried object
+BLOCKS = SYNTHETIC_BLOCKS  # all four blocks (the last one alone localizes less well in this tiny model)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,22 @@ def accuracy(backbone, data, method, **kwargs):
     return float(np.mean(hits))
 
 
-def test_maskinversion_classifies_regions_better_than_the_global_embedding(synth, held_out):
+def test_the_model_names_single_objects(synth):
+    """The zero-shot classifier itself works: in one-object scenes the image embedding is the region's."""
+    rng = np.random.default_rng(HELD_OUT_SEED + 1)
+    single = [make_scene(rng, min_objects=1, max_objects=1) for _ in range(40)]
+    assert accuracy(synth, single, "clip") >= 0.9
+
+
+def test_maskinversion_classifies_regions_far_better_than_the_global_embedding(synth, held_out):
     ours = accuracy(synth, held_out, "maskinversion", blocks=BLOCKS)
+    last_block = accuracy(synth, held_out, "maskinversion")
     clip = accuracy(synth, held_out, "clip")
-    print(f"held-out region classification Acc@1: maskinversion {ours:.3f}, clip {clip:.3f}")
-    assert ours >= clip + 0.08  # measured: 0.294 vs 0.165 (the issue asks for a wider margin: not reached)
+    print(f"held-out region classification Acc@1: maskinversion {ours:.3f} (last block only {last_block:.3f}), "
+          f"clip {clip:.3f}")
+    # one of 2-4 objects per scene: the global embedding can name about a third of them at best
+    assert ours >= clip + 0.35
+    assert last_block >= clip + 0.05
 
 
 def test_final_maps_fit_the_masks_much_better_than_the_initial_maps(synth, held_out):
