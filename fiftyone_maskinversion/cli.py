@@ -132,17 +132,17 @@ def cmd_eval(args) -> None:
     from .evaluation import run
     from .synthetic import write_coco
 
+    tasks = args.tasks or ["classify", "refer", "mislabel"]
+    unknown = set(tasks) - {"classify", "refer", "mislabel"}
+    if unknown:
+        sys.exit(f"maskinversion eval: unknown task(s) {sorted(unknown)}; choose classify, refer, mislabel")
+    if "refer" in tasks and not (args.refs or args.synthetic):
+        sys.exit("maskinversion eval refer: pass --refs FILE (referring expressions) or --synthetic N")
     if args.synthetic:
         folder = write_coco(Path(tempfile.mkdtemp(prefix="mi-eval-scenes-")), seed=args.seed, count=args.synthetic)
         refs = folder / "expressions.json"
     else:
         folder, refs = Path(args.coco_dir), args.refs
-    tasks = args.tasks or ["classify", "refer", "mislabel"]
-    unknown = set(tasks) - {"classify", "refer", "mislabel"}
-    if unknown:
-        sys.exit(f"maskinversion eval: unknown task(s) {sorted(unknown)}; choose classify, refer, mislabel")
-    if "refer" in tasks and refs is None:
-        sys.exit("maskinversion eval refer: pass --refs FILE (referring expressions) or --synthetic N")
     backbone = load_backbone(args.model, pretrained=args.pretrained or None, image_size=args.image_size, device=args.device)
     results = run(backbone, folder, Path(args.out), tasks=tasks,
                   methods=args.methods.split(",") if args.methods else None, refs=refs,

@@ -16,6 +16,7 @@ import torch
 
 from .backbone import Backbone
 from .baselines import region_embeddings, supported_methods
+from .images import load_rgb
 from .zeroshot import SINGLE_TEMPLATE, class_embeddings, class_probabilities, mistakenness, templates_for
 
 REFER_ALPHA = 5.0  # the paper's regulariser for referring expressions
@@ -57,9 +58,10 @@ def embed_instances(backbone: Backbone, data: Instances, methods: Sequence[str],
     for image_id in data.image_ids:
         anns = data.annotations(image_id)
         masks = [data.coco.annToMask(a) > 0 for a in anns]
+        image = load_rgb(data.image_path(image_id))  # decoded once for all methods
         for method in methods:
             kwargs = inverter if method == "maskinversion" else {}
-            emb = region_embeddings(backbone, data.image_path(image_id), masks, method=method, **kwargs)
+            emb = region_embeddings(backbone, image, masks, method=method, **kwargs)
             keep = ~np.isnan(emb).any(axis=1)
             out[method]["ids"] += [a["id"] for a, k in zip(anns, keep) if k]
             out[method]["emb"].append(emb[keep])
@@ -99,29 +101,37 @@ def classify(backbone: Backbone, data: Instances, embedded: Dict[str, dict], tex
 
 
 def refer(backbone: Backbone, data: Instances, expressions: list, methods: Sequence[str], **inverter) -> dict:
-    """Pick, for each expression, the candidate mask whose embedding is closest to the text."""
-    results = {}
-    for method in methods:
-        hits, ious, inter_sum, union_sum = [], [], 0, 0
-        cache = {}
-        for item in expressions:
-            anns = data.coco.loadAnns(item["candidate_ids"])
-            key = (item["image_id"], tuple(item["candidate_ids"]))
-            masks = [data.coco.annToMask(a) > 0 for a in anns]
-            if key not in cache:
-                kwargs = dict(inverter, alpha=REFER_ALPHA) if method == "maskinversion" else {}
-                cache[key] = region_embeddings(backbone, data.folder / item["image"], masks, method=method, **kwargs)
-            emb = torch.nn.functional.normalize(torch.as_tensor(np.nan_to_num(cache[key])), dim=-1)
-            text = backbone.encode_text([item["expression"]]).cpu()
-            chosen = int(torch.argmax(emb @ text[0]))
-            target = item["candidate_ids"].index(item["target_id"])
-            inter = int((masks[chosen] & masks[target]).sum())
-            union = int((masks[chosen] | masks[target]).sum())
-            hits.append(chosen == target)
-            ious.append(inter / union)
-            inter_sum, union_sum = inter_sum + inter, union_sum + union
-        results[method] = {"acc@1": float(np.mean(hits)), "mIoU": float(np.mean(ious)), "oIoU": inter_sum / union_sum}
-    return results
+    """Pick, for each expression, the candidate mask whose embedding is closest to the text.
+
+    Expressions sharing an image and candidate set are scored together: masks, image and texts are
+    prepared once, and each method embeds the candidates once."""
+    groups: Dict[tuple, list] = {}
+    for item in expressions:
+        groups.setdefault((item["image"], tuple(item["candidate_ids"])), []).append(item)
+    hits = {m: [] for m in methods}
+    ious = {m: [] for m in methods}
+    inter_sum, union_sum = dict.fromkeys(methods, 0), dict.fromkeys(methods, 0)
+    for (image_file, candidate_ids), items in groups.items():
+        masks = [data.coco.annToMask(a) > 0 for a in data.coco.loadAnns(list(candidate_ids))]
+        image = load_rgb(data.folder / image_file)
+        texts = [backbone.encode_text([item["expression"]]).cpu()[0] for item in items]
+        targets = [candidate_ids.index(item["target_id"]) for item in items]
+        for method in methods:
+            kwargs = dict(inverter, alpha=REFER_ALPHA) if method == "maskinversion" else {}
+            emb = region_embeddings(backbone, image, masks, method=method, **kwargs)
+            emb = torch.nn.functional.normalize(torch.as_tensor(np.nan_to_num(emb)), dim=-1)
+            for text, target in zip(texts, targets):
+                chosen = int(torch.argmax(emb @ text))
+                inter = int((masks[chosen] & masks[target]).sum())
+                union = int((masks[chosen] | masks[target]).sum())
+                hits[method].append(chosen == target)
+                ious[method].append(inter / union)
+                inter_sum[method] += inter
+                union_sum[method] += union
+    return {
+        m: {"acc@1": float(np.mean(hits[m])), "mIoU": float(np.mean(ious[m])), "oIoU": inter_sum[m] / union_sum[m]}
+        for m in methods
+    }
 
 
 def mislabel(
@@ -193,7 +203,7 @@ def run(
             expressions = [e for e in expressions if e["image_id"] in kept]
         if not expressions:
             raise ValueError(f"no referring expressions in {refs}")
-        results["refer"] = refer(backbone, load_instances(folder), expressions, methods, **inverter)
+        results["refer"] = refer(backbone, data, expressions, methods, **inverter)  # the whole COCO file
         results["expressions"] = len(expressions)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

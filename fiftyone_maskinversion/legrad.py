@@ -81,7 +81,8 @@ class _FastBlock:
 
     With w_i = W1^T (act'(a_i) * r) and layer norm 2's transposed Jacobian J_i^T, the head-wise
     attention-gradient vector is g_i @ Wo = (1/n)(c @ Wo + inv_sigma_i (q_i @ K - a1_i o1 - a2_i XO_i)),
-    where K = W1 diag(gamma) Wo is folded once per model, and a1, a2 are per-token dot products.
+    where K = W1 diag(gamma) Wo is folded per image (~20 ms for ViT-B-16, well under 1% of an
+    image's inversion), and a1, a2 are per-token dot products.
     """
 
     def __init__(self, backbone: Backbone, state: BlockState):

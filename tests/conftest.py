@@ -15,11 +15,11 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 
 from fiftyone_maskinversion import load_backbone
+from fiftyone_maskinversion.backbone import register_model_configs
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_DIR = REPO.parent / "shared" / "data" / "coco-val2017-mini"
@@ -55,7 +55,7 @@ def _register_tiny_configs() -> None:
     for name, cfg in TINY_CONFIGS.items():
         (_CONFIG_DIR / f"{name}.json").write_text(json.dumps(cfg))
     os.environ["MASKINVERSION_MODEL_CONFIGS"] = str(_CONFIG_DIR)
-    open_clip.add_model_config(_CONFIG_DIR)
+    register_model_configs()
 
 
 _register_tiny_configs()
@@ -71,7 +71,8 @@ def _install_plugin() -> None:
 _install_plugin()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -85,7 +86,7 @@ def _start_mongod():
     # locate the binary without importing fiftyone, which would read its config before the URI is set
     mongod_bin = Path(importlib.util.find_spec("fiftyone").origin).parent / "db" / "bin" / "mongod"
     data_dir = tempfile.mkdtemp(prefix="mi-test-mongo-")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(mongod_bin), "--dbpath", data_dir, "--port", str(port),
          "--bind_ip", "127.0.0.1", "--quiet"],
@@ -147,11 +148,6 @@ def coco_dataset(mongod):
     if fo.dataset_exists(heatmaps_dataset_name(dataset.name)):
         fo.delete_dataset(heatmaps_dataset_name(dataset.name))
     dataset.delete()
-
-
-@pytest.fixture
-def tiny_coco():
-    return make_backbone("mi-test-tiny")
 
 
 def make_backbone(name="mi-test-tiny", seed=0, **kwargs):

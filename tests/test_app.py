@@ -19,7 +19,7 @@ from PIL import Image
 import fiftyone_maskinversion as fmi
 from fiftyone_maskinversion.dataset import heatmaps_dataset_name
 
-from .conftest import REPO, load_coco, make_backbone
+from .conftest import REPO, free_port, load_coco, make_backbone
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,15 +28,9 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
                 "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(mongod, tmp_path):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "app.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address", "127.0.0.1"],

@@ -24,7 +24,7 @@ def non_crowd(dataset, field="ground_truth"):
     return dataset.filter_labels(field, F("iscrowd") != 1).count(f"{field}.detections")
 
 
-def test_instance_masks_are_coco_masks_and_embeddings_match_the_core(coco_dataset, tiny_coco):
+def test_instance_masks_are_coco_masks_and_embeddings_match_the_core(coco_dataset, tiny):
     coco = COCO(str(COCO_DIR / "instances.json"))
     sample = coco_dataset.first()
     width, height = sample.metadata.width, sample.metadata.height
@@ -42,14 +42,14 @@ def test_instance_masks_are_coco_masks_and_embeddings_match_the_core(coco_datase
     # FiftyOne stores masks cropped to boxes rounded to pixels, so small shapes shift by a pixel
     assert inter / union > 0.9
 
-    summary = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=3)
+    summary = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
     assert summary.computed == non_crowd(coco_dataset) and not summary.failed
     schema = coco_dataset.get_field_schema(flat=True)
     assert isinstance(schema["ground_truth.detections.mi_embedding"], fo.VectorField)
     sample.reload()
     # the run must hand the core exactly FiftyOne's own rendering of each label, in label order
     masks = [d.to_segmentation(frame_size=(width, height)).mask > 0 for d in dets]
-    direct = MaskInverter(tiny_coco, iterations=3).invert(sample.filepath, masks)
+    direct = MaskInverter(tiny, iterations=3).invert(sample.filepath, masks)
     for k, det in enumerate(dets):
         stored = coco_dataset[sample.id].ground_truth.detections
         got = next(d for d in stored if d.id == det.id)
@@ -66,18 +66,18 @@ def test_instance_masks_are_coco_masks_and_embeddings_match_the_core(coco_datase
     assert settings["model_name"] == "mi-test-tiny" and settings["iterations"] == 3
 
 
-def test_rerun_skips_done_regions_and_detects_other_settings(coco_dataset, tiny_coco):
-    first = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=2)
-    again = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=2)
+def test_rerun_skips_done_regions_and_detects_other_settings(coco_dataset, tiny):
+    first = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    again = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     assert again.computed == 0 and again.skipped_existing == first.computed
     with pytest.raises(ValueError, match="computed with other settings .*iterations"):
-        fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=3)
-    redo = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=3, overwrite=True)
+        fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
+    redo = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3, overwrite=True)
     assert redo.computed == first.computed
     assert len(fmi.heatmaps_dataset(coco_dataset)) == first.computed  # replaced, not duplicated
 
 
-def test_interrupted_run_resumes_without_duplicates(coco_dataset, tiny_coco):
+def test_interrupted_run_resumes_without_duplicates(coco_dataset, tiny):
     class Stop(Exception):
         pass
 
@@ -87,38 +87,38 @@ def test_interrupted_run_resumes_without_duplicates(coco_dataset, tiny_coco):
 
     with pytest.raises(Stop):
         fmi.compute_region_embeddings(
-            coco_dataset, "ground_truth", backbone=tiny_coco, iterations=2, batch_size=1, progress=stop_after_two
+            coco_dataset, "ground_truth", backbone=tiny, iterations=2, batch_size=1, progress=stop_after_two
         )
-    resumed = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=2)
+    resumed = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     total = non_crowd(coco_dataset)
     assert resumed.skipped_existing > 0 and resumed.computed + resumed.skipped_existing == total
     heat = fmi.heatmaps_dataset(coco_dataset)
     assert len(heat) == total == len(set(heat.values("source_label_id")))
 
 
-def test_boxes_polylines_and_segmentations(coco_dataset, tiny_coco):
+def test_boxes_polylines_and_segmentations(coco_dataset, tiny):
     sample = coco_dataset.first()
     width, height = sample.metadata.width, sample.metadata.height
     for s in coco_dataset.iter_samples(autosave=True):
         dets = [d for d in s.ground_truth.detections if not d.iscrowd]
         s["boxes"] = fo.Detections(detections=[fo.Detection(label=d.label, bounding_box=d.bounding_box) for d in dets])
         s["polys"] = fo.Polylines(polylines=[d.to_polyline() for d in dets])
-    boxes = fmi.compute_region_embeddings(coco_dataset, "boxes", backbone=tiny_coco, iterations=2)
+    boxes = fmi.compute_region_embeddings(coco_dataset, "boxes", backbone=tiny, iterations=2)
     assert boxes.computed == non_crowd(coco_dataset) and not boxes.failed
     box = coco_dataset.first().boxes.detections[0]
     rect = region_mask(box, width, height)
-    direct = MaskInverter(tiny_coco, iterations=2).invert(sample.filepath, [rect])
+    direct = MaskInverter(tiny, iterations=2).invert(sample.filepath, [rect])
     assert cosine(box.mi_embedding, direct.embeddings[0]) > 0.9999
     ys, xs = np.nonzero(rect)
     x, y, w, h = box.bounding_box
     assert abs(xs.min() - x * width) <= 1 and abs(ys.max() + 1 - (y + h) * height) <= 1
 
-    polys = fmi.compute_region_embeddings(coco_dataset, "polys", backbone=tiny_coco, iterations=2)
+    polys = fmi.compute_region_embeddings(coco_dataset, "polys", backbone=tiny, iterations=2)
     assert polys.computed == non_crowd(coco_dataset) and not polys.failed
     assert coco_dataset.count("polys.polylines.mi_embedding") == polys.computed
 
 
-def test_semantic_segmentation_becomes_one_region_per_class(coco_dataset, tiny_coco):
+def test_semantic_segmentation_becomes_one_region_per_class(coco_dataset, tiny):
     import fiftyone.utils.labels as foul
 
     classes = coco_dataset.distinct("ground_truth.detections.label")
@@ -126,18 +126,18 @@ def test_semantic_segmentation_becomes_one_region_per_class(coco_dataset, tiny_c
     coco_dataset.mask_targets = {"semantic": targets}
     coco_dataset.save()
     foul.objects_to_segmentations(coco_dataset, "ground_truth", "semantic", mask_targets=targets)
-    summary = fmi.compute_region_embeddings(coco_dataset, "semantic", backbone=tiny_coco, iterations=2)
+    summary = fmi.compute_region_embeddings(coco_dataset, "semantic", backbone=tiny, iterations=2)
     assert summary.label_field == "semantic_regions"
     sample = coco_dataset.first()
     present = {targets[v] for v in np.unique(sample.semantic.get_mask()) if v}
     assert {d.label for d in sample.semantic_regions.detections} == present
     assert all(d.mi_embedding is not None for d in sample.semantic_regions.detections)
     ids = coco_dataset.values("semantic_regions.detections.id")
-    again = fmi.compute_region_embeddings(coco_dataset, "semantic", backbone=tiny_coco, iterations=2)
+    again = fmi.compute_region_embeddings(coco_dataset, "semantic", backbone=tiny, iterations=2)
     assert again.computed == 0 and coco_dataset.values("semantic_regions.detections.id") == ids
 
 
-def test_bad_inputs_are_reported_per_label_and_the_run_completes(coco_dataset, tiny_coco, tmp_path):
+def test_bad_inputs_are_reported_per_label_and_the_run_completes(coco_dataset, tiny, tmp_path):
     samples = list(coco_dataset.iter_samples())
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(open(samples[0].filepath, "rb").read()[:200])
@@ -150,7 +150,7 @@ def test_bad_inputs_are_reported_per_label_and_the_run_completes(coco_dataset, t
     dets.append(fo.Detection(label="nothing"))  # neither mask nor box
     dets.append(fo.Detection(label="empty", bounding_box=[0.1, 0.1, 0.2, 0.2], mask=np.zeros((5, 5), bool)))
     third.save()
-    summary = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=2)
+    summary = fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     reasons = {label_id: reason for _, label_id, reason in summary.failed}
     bad_ids = {dets[-2].id: "neither an instance mask nor a bounding box", dets[-1].id: "empty mask"}
     for label_id, text in bad_ids.items():
@@ -163,21 +163,21 @@ def test_bad_inputs_are_reported_per_label_and_the_run_completes(coco_dataset, t
 
 
 @pytest.fixture
-def embedded(coco_dataset, tiny_coco):
-    fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny_coco, iterations=2)
+def embedded(coco_dataset, tiny):
+    fmi.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     return coco_dataset
 
 
-def test_zero_shot_relabel_apply_and_undo(embedded, tiny_coco):
+def test_zero_shot_relabel_apply_and_undo(embedded, tiny):
     before = embedded.values("ground_truth.detections.label")
-    summary = fmi.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny_coco, top_k=3)
+    summary = fmi.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, top_k=3)
     assert embedded.values("ground_truth.detections.label") == before  # ground truth untouched
     classes = sorted(set(embedded.distinct("ground_truth.detections.label")))
     assert summary.classes == classes and summary.regions == non_crowd(embedded)
     from fiftyone_maskinversion.zeroshot import class_embeddings
 
-    text = class_embeddings(tiny_coco, classes, ["a photo of a {}."]).numpy()
-    scale = float(tiny_coco.model.logit_scale.exp())
+    text = class_embeddings(tiny, classes, ["a photo of a {}."]).numpy()
+    scale = float(tiny.model.logit_scale.exp())
     sample = embedded.first()
     gt = {d.id: d for d in sample.ground_truth.detections}
     for pred in sample.ground_truth_mi_relabel.detections:
@@ -194,7 +194,7 @@ def test_zero_shot_relabel_apply_and_undo(embedded, tiny_coco):
         assert len(pred.topk_labels) == 3 and pred.topk_scores == sorted(pred.topk_scores, reverse=True)
 
     with pytest.raises(ValueError, match="already exists"):
-        fmi.zero_shot_relabel(embedded, "ground_truth", backbone=tiny_coco)
+        fmi.zero_shot_relabel(embedded, "ground_truth", backbone=tiny)
 
     changed = fmi.apply_relabel(embedded, "ground_truth", threshold=0.0)
     assert changed == summary.changed > 0
@@ -209,18 +209,18 @@ def test_zero_shot_relabel_apply_and_undo(embedded, tiny_coco):
     assert embedded.values("ground_truth.detections.label") == before
 
 
-def test_find_mislabeled_sorts_by_mistakenness(embedded, tiny_coco):
-    fmi.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny_coco)
+def test_find_mislabeled_sorts_by_mistakenness(embedded, tiny):
+    fmi.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny)
     view = fmi.find_mislabeled(embedded, "ground_truth")
     scores = view.values("ground_truth_mi_relabel.mistakenness")
     assert len(scores) == non_crowd(embedded) and scores == sorted(scores, reverse=True)
 
 
-def test_text_and_region_search(embedded, tiny_coco):
-    view = fmi.search_regions(embedded, "ground_truth", text="a photo of a person", k=5, backbone=tiny_coco)
+def test_text_and_region_search(embedded, tiny):
+    view = fmi.search_regions(embedded, "ground_truth", text="a photo of a person", k=5, backbone=tiny)
     got = view.values("ground_truth.id")
     # independent ranking by cosine between the text embedding and every stored region embedding
-    query = tiny_coco.encode_text(["a photo of a person"])[0].numpy()
+    query = tiny.encode_text(["a photo of a person"])[0].numpy()
     ids, embs = [], []
     for det_ids, det_embs in zip(
         embedded.values("ground_truth.detections.id"), embedded.values("ground_truth.detections.mi_embedding")
@@ -232,12 +232,12 @@ def test_text_and_region_search(embedded, tiny_coco):
     expected = [ids[i] for i in np.argsort(-(np.stack(embs) @ query))[:5]]
     assert got == expected
     region = expected[2]
-    similar = fmi.search_regions(embedded, "ground_truth", region_id=region, k=3, backbone=tiny_coco)
+    similar = fmi.search_regions(embedded, "ground_truth", region_id=region, k=3, backbone=tiny)
     assert similar.values("ground_truth.id")[0] == region
 
 
-def test_delete_region_results(embedded, tiny_coco):
-    fmi.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny_coco)
+def test_delete_region_results(embedded, tiny):
+    fmi.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny)
     fmi.build_region_index(embedded, "ground_truth")
     deleted = fmi.delete_region_results(embedded, "ground_truth")
     assert deleted["heatmaps"] == non_crowd(embedded) and deleted["pred_field"] == "ground_truth_mi_relabel"

@@ -16,7 +16,7 @@ from typing import Optional
 
 import fiftyone.brain as fob
 import numpy as np
-import torch.nn.functional as F
+from fiftyone import ViewField as F
 
 from ..backbone import Backbone, weights_obtainable
 from ..compact_weights import package_checkpoint
@@ -45,7 +45,7 @@ def build_region_index(
         if not overwrite:
             raise ValueError(f"brain run {brain_key!r} exists in {dataset.name!r}; pass overwrite=True")
         dataset.delete_brain_run(brain_key)
-    embedded = samples.filter_labels(label_field, _has(embeddings_field), only_matches=True)
+    embedded = samples.filter_labels(label_field, F(embeddings_field).exists(), only_matches=True)
     index = functools.partial(
         fob.compute_similarity,
         embedded,
@@ -98,14 +98,8 @@ def search_regions(
     if region_id is not None:
         return patches.sort_by_similarity(region_id, k=k, brain_key=brain_key)
     settings = require_settings(samples, label_field, embeddings_field)
-    query = backbone_for(settings, backbone).encode_text([text])[0]
-    return patches.sort_by_similarity(F.normalize(query, dim=-1).cpu().numpy().astype(np.float32), k=k, brain_key=brain_key)
-
-
-def _has(embeddings_field: str):
-    from fiftyone import ViewField
-
-    return ViewField(embeddings_field).exists()
+    query = backbone_for(settings, backbone).encode_text([text])[0]  # unit norm already
+    return patches.sort_by_similarity(query.cpu().numpy().astype(np.float32), k=k, brain_key=brain_key)
 
 
 def _zoo_pretrained(settings: dict) -> Optional[str]:
