@@ -1,36 +1,22 @@
 """MaskInversion: localized CLIP embeddings for image regions, and their FiftyOne integration.
 
-The core (``load_backbone``, ``legrad_maps``, ``MaskInverter``) does not import FiftyOne.
+``fiftyone_maskinversion`` itself is the core (torch + open_clip, no FiftyOne):
+``load_backbone``, ``legrad_maps``, ``MaskInverter``. The FiftyOne layer is
+``fiftyone_maskinversion.fo`` (``import fiftyone_maskinversion.fo as mifo``).
 """
 
-from .backbone import Backbone, WeightsUnavailableError, load_backbone
-from .images import InputError
-from .inversion import InversionResult, MaskInverter
-from .legrad import legrad_maps
-
-__version__ = "0.1.0"
-
-_DATASET_API = (
-    "apply_relabel",
-    "build_region_index",
-    "compute_region_embeddings",
-    "delete_region_results",
-    "find_mislabeled",
-    "heatmaps_dataset",
-    "search_regions",
-    "undo_relabel",
-    "zero_shot_relabel",
+from .core import (
+    Backbone,
+    InputError,
+    InversionResult,
+    MaskInverter,
+    WeightsUnavailableError,
+    legrad_maps,
+    load_backbone,
+    register_weights,
 )
 
-
-def __getattr__(name):
-    """The FiftyOne functions, imported on first use so that the core never imports FiftyOne."""
-    if name in _DATASET_API:
-        from . import dataset
-
-        return getattr(dataset, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__version__ = "0.2.0"
 
 __all__ = [
     "Backbone",
@@ -40,6 +26,6 @@ __all__ = [
     "WeightsUnavailableError",
     "legrad_maps",
     "load_backbone",
+    "register_weights",
     "__version__",
-    *_DATASET_API,
 ]

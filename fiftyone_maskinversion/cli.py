@@ -1,25 +1,51 @@
-"""The ``maskinversion`` command: the dataset actions of the Python API on a FiftyOne dataset name, plus demo."""
+"""The ``maskinversion`` command: the FiftyOne layer's actions on a dataset by name, the demo and eval.
+
+Errors print one line (``maskinversion: error: ...``) and exit with status 2; set
+MASKINVERSION_DEBUG=1 to see the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
+
+from . import defaults
+
+
+class CommandError(Exception):
+    """A problem with the command line itself (reported like any other error)."""
 
 
 def _dataset(name: str):
     import fiftyone as fo
 
     if not fo.dataset_exists(name):
-        sys.exit(f"maskinversion: no FiftyOne dataset named {name!r} (see `fiftyone datasets list`)")
+        raise CommandError(f"no FiftyOne dataset named {name!r} (see `fiftyone datasets list`)")
     return fo.load_dataset(name)
 
 
 def _shard(text: Optional[str]):
+    """``i/k`` -> (i, k), checked."""
     if not text:
         return None
-    index, count = (int(part) for part in text.split("/"))
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise CommandError(f"--shard {text!r}: expected i/k, e.g. 0/4 (the i-th of k slices, 0 <= i < k)")
+    index, count = int(parts[0]), int(parts[1])
+    if count < 1 or index >= count:
+        raise CommandError(f"--shard {text!r}: need k >= 1 and 0 <= i < k")
     return index, count
+
+
+def _blocks(text: Optional[str]):
+    if not text:
+        return None
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise CommandError(f"--blocks {text!r}: expected comma-separated integers, e.g. -2,-1") from None
 
 
 def _progress(done: int, total: int) -> None:
@@ -27,7 +53,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_compute(args) -> None:
-    from . import compute_region_embeddings
+    from .fo import compute_region_embeddings
 
     summary = compute_region_embeddings(
         _dataset(args.dataset),
@@ -41,24 +67,21 @@ def cmd_compute(args) -> None:
         embeddings_field=args.embeddings_field,
         overwrite=args.overwrite,
         include_crowd=args.include_crowd,
+        blocks=_blocks(args.blocks),
         batch_size=args.batch_size,
         device=args.device,
         shard=_shard(args.shard),
         progress=_progress,
     )
-    print(
-        f"computed {summary.computed}, skipped (already done) {summary.skipped_existing}, "
-        f"skipped (crowd) {summary.skipped_crowd}, failed {len(summary.failed)} "
-        f"in {summary.seconds:.1f} s over {summary.samples} samples"
-    )
+    print(summary.describe())
     for sample_id, label_id, reason in summary.failed:
         print(f"  failed: sample {sample_id} label {label_id}: {reason}")
 
 
 def cmd_relabel(args) -> None:
-    from . import zero_shot_relabel
+    from .fo import zero_shot_relabel
 
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     summary = zero_shot_relabel(
         _dataset(args.dataset),
         args.label_field,
@@ -73,47 +96,63 @@ def cmd_relabel(args) -> None:
 
 
 def cmd_apply_relabel(args) -> None:
-    from . import apply_relabel, undo_relabel
+    from .fo import apply_relabel, undo_relabel
 
     dataset = _dataset(args.dataset)
     if args.undo:
         print(f"restored {undo_relabel(dataset, args.label_field)} labels")
     else:
-        print(f"changed {apply_relabel(dataset, args.label_field, args.pred_field, args.threshold)} labels")
+        changed = apply_relabel(dataset, args.label_field, args.pred_field, args.threshold, args.embeddings_field)
+        print(f"changed {changed} labels")
 
 
 def cmd_mislabeled(args) -> None:
-    from . import find_mislabeled
-    from .dataset.relabel import default_pred_field
+    from .fo import find_mislabeled
+    from .fo.relabel import run_and_pred_field
 
-    pred_field = args.pred_field or default_pred_field(args.label_field)
-    view = find_mislabeled(_dataset(args.dataset), args.label_field, pred_field).limit(args.limit)
+    dataset = _dataset(args.dataset)
+    _, field = run_and_pred_field(dataset, args.label_field, args.embeddings_field, args.pred_field)
+    view = find_mislabeled(dataset, args.label_field, field, args.embeddings_field)
     print(f"{'mistakenness':>12}  {'label':<20} {'predicted':<20} sample / label id")
-    for sample in view:
-        pred = sample[pred_field]
+    for sample in view.limit(args.limit):
+        pred = sample[field]
         print(f"{pred.mistakenness:12.3f}  {pred.gt_label:<20} {pred.label:<20} {sample.sample_id} / {pred.source_label_id}")
 
 
 def cmd_search(args) -> None:
-    from . import search_regions
+    from .fo import rank_regions
 
-    view = search_regions(
-        _dataset(args.dataset),
-        args.label_field,
-        text=args.text,
-        region_id=args.region_id,
-        k=args.k,
-        embeddings_field=args.embeddings_field,
-    )
-    for sample in view:
-        region = sample[args.label_field]
-        print(f"{region.label:<20} {sample.sample_id} / {region.id}  {sample.filepath}")
+    dataset = _dataset(args.dataset)
+    run, ranked = rank_regions(dataset, args.label_field, text=args.text, region_id=args.region_id, k=args.k,
+                               embeddings_field=args.embeddings_field)
+    patches = dataset.to_patches(run.regions_field)
+    for label_id, score in ranked:
+        patch = patches[label_id]
+        print(f"{score:7.4f}  {patch[run.regions_field].label:<20} {patch.sample_id} / {label_id}  {patch.filepath}")
+
+
+def cmd_index(args) -> None:
+    from .fo import build_region_index
+
+    results = build_region_index(_dataset(args.dataset), args.label_field, args.embeddings_field,
+                                 overwrite=args.overwrite)
+    print(f"similarity index {results.key!r} over {results.total_index_size} regions")
 
 
 def cmd_delete(args) -> None:
-    from . import delete_region_results
+    from .fo import delete_region_results
 
-    print(delete_region_results(_dataset(args.dataset), args.label_field, args.embeddings_field, args.pred_field))
+    print(delete_region_results(_dataset(args.dataset), args.label_field, args.embeddings_field))
+
+
+def cmd_runs(args) -> None:
+    from .fo import list_region_runs
+
+    for run in list_region_runs(_dataset(args.dataset)):
+        s = run.settings
+        print(f"{run.key}: {run.describe()}; {s['model_name']} / {s['pretrained']} @ {s['image_size']} px, "
+              f"{s['activation']}, {s['iterations']} it, lr {s['lr']}, alpha {s['alpha']}, blocks {s['blocks']}; "
+              f"predictions {run.pred_fields}, index {run.brain_key}")
 
 
 def cmd_demo(args) -> None:
@@ -129,15 +168,16 @@ def cmd_eval(args) -> None:
     from pathlib import Path
 
     from . import load_backbone
-    from .evaluation import run
+    from .evaluation import TASKS, run
     from .synthetic import write_coco
 
-    tasks = args.tasks or ["classify", "refer", "mislabel"]
-    unknown = set(tasks) - {"classify", "refer", "mislabel"}
+    tasks = args.tasks or list(TASKS)
+    unknown = set(tasks) - set(TASKS)
     if unknown:
-        sys.exit(f"maskinversion eval: unknown task(s) {sorted(unknown)}; choose classify, refer, mislabel")
+        raise CommandError(f"eval: unknown task(s) {sorted(unknown)}; choose from {', '.join(TASKS)}")
     if "refer" in tasks and not (args.refs or args.synthetic):
-        sys.exit("maskinversion eval refer: pass --refs FILE (referring expressions) or --synthetic N")
+        raise CommandError("eval refer: pass --refs FILE (referring expressions) or --synthetic N")
+    blocks = _blocks(args.blocks)
     if args.synthetic:
         folder = write_coco(Path(tempfile.mkdtemp(prefix="mi-eval-scenes-")), seed=args.seed, count=args.synthetic)
         refs = folder / "expressions.json"
@@ -147,76 +187,91 @@ def cmd_eval(args) -> None:
     results = run(backbone, folder, Path(args.out), tasks=tasks,
                   methods=args.methods.split(",") if args.methods else None, refs=refs,
                   max_images=args.max_images, iterations=args.iterations, lr=args.lr, noise=args.noise,
-                  blocks=[int(b) for b in args.blocks.split(",")] if args.blocks else None,
-                  title=args.title)
+                  blocks=blocks, title=args.title)
     print((Path(args.out) / "results.md").read_text())
     print(f"written: {args.out}/results.md, results.json, results.png ({results['images']} images)")
 
 
-def _common(parser: argparse.ArgumentParser, pred: bool = False) -> None:
+def _run_args(parser: argparse.ArgumentParser, pred: bool = False) -> None:
+    """The arguments naming a run: dataset, label field, embeddings field (and a predictions field)."""
     parser.add_argument("dataset", help="FiftyOne dataset name")
     parser.add_argument("--label-field", required=True, help="Detections, Polylines or Segmentation field")
-    parser.add_argument("--embeddings-field", default="mi_embedding")
+    parser.add_argument("--embeddings-field", default=defaults.EMBEDDINGS_FIELD)
     if pred:
-        parser.add_argument("--pred-field", default=None, help="default: <label-field>_mi_relabel")
+        parser.add_argument("--pred-field", default=None, help="default: <label-field>_<embeddings-field>_relabel")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=defaults.MODEL_NAME, help="open_clip model name")
+    parser.add_argument("--pretrained", default=defaults.PRETRAINED, help="open_clip tag or checkpoint path")
+    parser.add_argument("--image-size", type=int, default=defaults.IMAGE_SIZE)
+    parser.add_argument("--iterations", type=int, default=defaults.ITERATIONS)
+    parser.add_argument("--lr", type=float, default=defaults.LR)
+    parser.add_argument("--blocks", default=None, help="explained blocks, e.g. -2,-1 (default: the last)")
+    parser.add_argument("--device", default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskinversion", description=__doc__)
+    parser = argparse.ArgumentParser(prog="maskinversion", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compute", help="region embeddings, heatmaps and fidelity for a label field")
-    _common(p)
-    p.add_argument("--model", default="ViT-B-16")
-    p.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint path ('' = random)")
-    p.add_argument("--image-size", type=int, default=448)
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.5)
-    p.add_argument("--alpha", type=float, default=0.0)
-    p.add_argument("--overwrite", action="store_true")
+    _run_args(p)
+    _model_args(p)
+    p.add_argument("--alpha", type=float, default=defaults.ALPHA)
+    p.add_argument("--overwrite", action="store_true", help="recompute every region")
     p.add_argument("--include-crowd", action="store_true")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per database write")
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="samples per database write")
     p.add_argument("--shard", default=None, help="i/k: process the i-th of k disjoint slices of the samples")
     p.set_defaults(func=cmd_compute)
 
     p = sub.add_parser("relabel", help="zero-shot relabel the embedded regions into a predictions field")
-    _common(p, pred=True)
+    _run_args(p, pred=True)
     p.add_argument("--classes", default=None, help="comma-separated vocabulary (default: the field's labels)")
-    p.add_argument("--prompt", default="ensemble", help="'ensemble' or one template with {}")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--prompt", default=defaults.PROMPT, help="'ensemble' or one template with {}")
+    p.add_argument("--top-k", type=int, default=defaults.TOP_K)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_relabel)
 
     p = sub.add_parser("apply-relabel", help="apply (or --undo) confident relabels on the label field")
-    _common(p, pred=True)
-    p.add_argument("--threshold", type=float, default=0.9)
+    _run_args(p, pred=True)
+    p.add_argument("--threshold", type=float, default=defaults.RELABEL_THRESHOLD)
     p.add_argument("--undo", action="store_true")
     p.set_defaults(func=cmd_apply_relabel)
 
     p = sub.add_parser("mislabeled", help="print the regions most likely mislabeled")
-    _common(p, pred=True)
+    _run_args(p, pred=True)
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_mislabeled)
 
-    p = sub.add_parser("search", help="regions most similar to a text or to a region")
-    _common(p)
+    p = sub.add_parser("search", help="regions most similar (cosine) to a text or to a region")
+    _run_args(p)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--text")
     group.add_argument("--region-id")
     p.add_argument("--k", type=int, default=10)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("delete", help="delete a run's embeddings, heatmaps, predictions and index")
-    _common(p, pred=True)
+    p = sub.add_parser("index", help="build the similarity index the App's search uses")
+    _run_args(p)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("delete", help="delete one run's embeddings, heatmaps, predictions and index")
+    _run_args(p)
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("demo", help="the whole workflow on a few COCO images")
+    p = sub.add_parser("runs", help="list the MaskInversion runs of a dataset")
+    p.add_argument("dataset", help="FiftyOne dataset name")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("demo", help="the whole workflow on a few COCO images (offline: synthetic scenes)")
     p.add_argument("--coco-dir", default=None, help="COCO-format folder (images/ + instances.json)")
     p.add_argument("--max-samples", type=int, default=6)
-    p.add_argument("--model", default="ViT-B-16")
-    p.add_argument("--pretrained", default="openai")
-    p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--model", default=defaults.MODEL_NAME)
+    p.add_argument("--pretrained", default=defaults.PRETRAINED)
+    p.add_argument("--image-size", type=int, default=defaults.IMAGE_SIZE)
     p.add_argument("--synthetic", action="store_true", help="synthetic scenes with the model trained here")
     p.add_argument("--app", action="store_true", help="open the FiftyOne App on the result")
     p.set_defaults(func=cmd_demo)
@@ -228,16 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--synthetic", type=int, metavar="N", help="N held-out synthetic scenes")
     p.add_argument("--refs", default=None, help="referring expressions JSON (refcocos-val2017 format)")
     p.add_argument("--seed", type=int, default=2024, help="seed of the synthetic scenes")
-    p.add_argument("--model", default="ViT-B-16")
-    p.add_argument("--pretrained", default="openai")
-    p.add_argument("--image-size", type=int, default=448)
+    _model_args(p)
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
     p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--noise", type=float, default=0.2, help="fraction of labels corrupted for mislabel")
-    p.add_argument("--blocks", default=None, help="explained blocks, e.g. -2,-1 (default: the last)")
-    p.add_argument("--device", default=None)
     p.add_argument("--title", default="")
     p.add_argument("--out", default="eval-results")
     p.set_defaults(func=cmd_eval)
@@ -246,7 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as err:  # one clear line per error; the traceback only when asked for
+        if os.environ.get("MASKINVERSION_DEBUG"):
+            raise
+        message = str(err) if isinstance(err, (CommandError, ValueError)) else f"{type(err).__name__}: {err}"
+        print(f"maskinversion: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

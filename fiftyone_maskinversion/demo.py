@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from . import defaults
+
 DEMO_DATASET = "maskinversion-demo"
 COCO_ENV = "MASKINVERSION_COCO_DIR"
-SYNTHETIC_MODEL = ("mi-synth-vit", "synthetic", 64)
-SYNTHETIC_BLOCKS = (0, 1, 2, 3)  # every block of the 4-block model, as LeGrad aggregates over layers
 CORRUPTED = 4  # labels flipped in the synthetic demo
 
 
@@ -34,23 +34,18 @@ def find_coco_dir(coco_dir: Optional[str] = None) -> Optional[Path]:
 def run_demo(
     coco_dir: Optional[str] = None,
     max_samples: int = 6,
-    model_name: str = "ViT-B-16",
-    pretrained: Optional[str] = "openai",
-    image_size: int = 448,
+    model_name: str = defaults.MODEL_NAME,
+    pretrained: Optional[str] = defaults.PRETRAINED,
+    image_size: int = defaults.IMAGE_SIZE,
     synthetic: bool = False,
     launch_app: bool = False,
 ) -> None:
     import fiftyone as fo
 
     from . import WeightsUnavailableError, load_backbone
-    from .dataset import (
-        compute_region_embeddings,
-        find_mislabeled,
-        heatmaps_dataset_name,
-        search_regions,
-        zero_shot_relabel,
-    )
+    from .fo import compute_region_embeddings, find_mislabeled, search_regions, zero_shot_relabel
     from .synthetic import CLASSES
+    from .synthetic.weights import BLOCKS, IMAGE_SIZE, MODEL_NAME, TAG
 
     folder = None if synthetic else find_coco_dir(coco_dir)
     backbone = None
@@ -60,36 +55,35 @@ def run_demo(
         except WeightsUnavailableError as err:
             print(f"{err}\n-> running the demo on synthetic scenes with the model trained in this repository.\n")
     if backbone is None:
-        name, tag, size = SYNTHETIC_MODEL
-        backbone = load_backbone(name, pretrained=tag, image_size=size)
+        backbone = load_backbone(MODEL_NAME, pretrained=TAG, image_size=IMAGE_SIZE)
         folder = _synthetic_folder(max(max_samples, 24))
         max_samples = max(max_samples, 24)
     dataset = _load(folder, max_samples)
-    corrupted = _corrupt_labels(dataset, CLASSES) if backbone.model_name == SYNTHETIC_MODEL[0] else []
+    corrupted = _corrupt_labels(dataset, CLASSES) if backbone.model_name == MODEL_NAME else []
     print(f"dataset {DEMO_DATASET!r}: {len(dataset)} images, {dataset.count('ground_truth.detections')} regions, "
           f"model {backbone.model_name} / {backbone.pretrained} at {backbone.image_size} px")
 
-    blocks = SYNTHETIC_BLOCKS if backbone.model_name == SYNTHETIC_MODEL[0] else None
+    blocks = BLOCKS if backbone.model_name == MODEL_NAME else None
     summary = compute_region_embeddings(dataset, "ground_truth", backbone=backbone, blocks=blocks)
     print(f"{summary.computed} regions embedded in {summary.seconds:.1f} s "
           f"({60 * summary.computed / max(summary.seconds, 1e-9):.0f} regions/min); "
           f"{summary.skipped_crowd} crowd regions skipped; {len(summary.failed)} failed")
     classes = list(CLASSES) if corrupted else None
-    relabel = zero_shot_relabel(dataset, "ground_truth", classes=classes, backbone=backbone, overwrite=True)
+    relabel = zero_shot_relabel(dataset, "ground_truth", classes=classes, backbone=backbone)
     print(f"zero-shot relabel over {len(relabel.classes)} classes: {relabel.changed}/{relabel.regions} "
           "predictions differ from the labels")
     if corrupted:
         print(f"{len(corrupted)} labels were corrupted on purpose: {', '.join(corrupted)}")
     print("most likely mislabeled regions:")
     for sample in find_mislabeled(dataset, "ground_truth").limit(6):
-        pred = sample["ground_truth_mi_relabel"]
+        pred = sample[relabel.pred_field]
         print(f"  mistakenness {pred.mistakenness:.3f}: labelled {pred.gt_label!r}, looks like {pred.label!r}")
     query = "a photo of a red circle" if corrupted else "a photo of a person"
     print(f"regions most similar to {query!r}:")
     for sample in search_regions(dataset, "ground_truth", text=query, k=5, backbone=backbone):
         print(f"  {sample.ground_truth.label!r} in {Path(sample.filepath).name}")
     print(f"\nOpen it: `fiftyone app launch {DEMO_DATASET}`; per-region heatmaps are in "
-          f"'{heatmaps_dataset_name(DEMO_DATASET)}'")
+          f"{summary.heatmaps_dataset!r}")
     if launch_app:
         fo.launch_app(dataset).wait()
 
@@ -104,11 +98,11 @@ def _synthetic_folder(count: int) -> Path:
 def _load(folder: Path, max_samples: int):
     import fiftyone as fo
 
-    from .dataset import heatmaps_dataset_name
+    from .fo import delete_orphaned_heatmaps
 
-    for name in (DEMO_DATASET, heatmaps_dataset_name(DEMO_DATASET)):
-        if fo.dataset_exists(name):
-            fo.delete_dataset(name)
+    if fo.dataset_exists(DEMO_DATASET):
+        fo.delete_dataset(DEMO_DATASET)
+        delete_orphaned_heatmaps()
     dataset = fo.Dataset.from_dir(
         dataset_type=fo.types.COCODetectionDataset,
         data_path=str(folder / "images"),

@@ -1,4 +1,4 @@
-"""FiftyOne plugin: thin operators over fiftyone_maskinversion (they gather inputs, call it, report progress)."""
+"""FiftyOne plugin: thin operators over fiftyone_maskinversion.fo (they gather inputs, call it, report progress)."""
 
 import os
 import socket
@@ -6,42 +6,47 @@ import socket
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-import fiftyone_maskinversion as fmi
-from fiftyone_maskinversion.dataset.regions import REGION_TYPES, SUPPORTED_TYPES
+from fiftyone_maskinversion import defaults
+from fiftyone_maskinversion.fo import (
+    apply_relabel,
+    compute_region_embeddings,
+    delete_region_results,
+    find_mislabeled,
+    list_region_runs,
+    search_regions,
+    undo_relabel,
+    zero_shot_relabel,
+)
+from fiftyone_maskinversion.fo.regions import SUPPORTED_TYPES
 
-REGION_FIELDS = tuple(REGION_TYPES)  # fields whose labels carry the embeddings (Segmentation -> derived Detections)
-TARGETS = {"DATASET": "Entire dataset", "CURRENT_VIEW": "Current view", "SELECTED_SAMPLES": "Selected samples"}
 
-
-def _label_fields(ctx, types_=SUPPORTED_TYPES):
-    schema = ctx.dataset.get_field_schema(embedded_doc_type=types_) if ctx.dataset else {}
-    return sorted(schema)
-
-
-def _field_choice(ctx, inputs, name="label_field", label="Label field", types_=SUPPORTED_TYPES):
-    fields = _label_fields(ctx, types_)
+def _label_field_input(ctx, inputs, embedded_only=False):
+    """A dropdown of the fields the operator applies to; False (with a message in the form) when none."""
+    if embedded_only:
+        fields = sorted({run.label_field for run in list_region_runs(ctx.dataset)}) if ctx.dataset else []
+        missing = "No field has MaskInversion embeddings yet: run 'MaskInversion: compute region embeddings' first."
+    else:
+        fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=SUPPORTED_TYPES)) if ctx.dataset else []
+        missing = "This dataset has no Detections, Polylines or Segmentation field."
+    if not fields:
+        inputs.view("no_field", types.Error(label=missing))
+        return False
     choices = types.Dropdown()
-    for field in fields:
-        choices.add_choice(field, label=field)
-    inputs.enum(name, choices.values(), default=fields[0] if fields else None, required=True, label=label, view=choices)
+    for name in fields:
+        choices.add_choice(name, label=name)
+    inputs.enum("label_field", choices.values(), default=fields[0], label="Label field", view=choices)
+    return True
 
 
-def _target_choice(ctx, inputs):
-    choices = types.RadioGroup()
-    for value, label in TARGETS.items():
-        if value != "SELECTED_SAMPLES" or ctx.selected:
-            choices.add_choice(value, label=label)
-    default = "SELECTED_SAMPLES" if ctx.selected else "CURRENT_VIEW"
-    inputs.enum("target", choices.values(), default=default, label="Target", view=choices)
+def _embeddings_field_input(ctx, inputs):
+    names = sorted({run.embeddings_field for run in list_region_runs(ctx.dataset)}) if ctx.dataset else []
+    default = defaults.EMBEDDINGS_FIELD if not names or defaults.EMBEDDINGS_FIELD in names else names[0]
+    inputs.str("embeddings_field", default=default, label="Embeddings attribute",
+               description=f"runs on this dataset: {', '.join(names) or 'none'}")
 
 
-def _target_view(ctx):
-    target = ctx.params.get("target", "CURRENT_VIEW")
-    if target == "DATASET":
-        return ctx.dataset
-    if target == "SELECTED_SAMPLES" and ctx.selected:
-        return ctx.view.select(ctx.selected)
-    return ctx.view
+def _form(inputs, label):
+    return types.Property(inputs, view=types.View(label=label))
 
 
 def _progress(ctx, what):
@@ -51,8 +56,8 @@ def _progress(ctx, what):
     return report
 
 
-def _delegation_input(inputs):
-    inputs.bool("delegate", default=False, label="Run in the background (delegated)?")
+def _blocks(text):
+    return [int(b) for b in str(text).split(",") if b.strip()] if text not in (None, "") else None
 
 
 class _Delegable(foo.Operator):
@@ -75,6 +80,10 @@ class _Delegable(foo.Operator):
         return bool(ctx.params.get("delegate", False))
 
 
+def _delegation_input(inputs):
+    inputs.bool("delegate", default=False, label="Run in the background (delegated)?")
+
+
 class ComputeRegionEmbeddings(_Delegable):
     op_name = "compute_region_embeddings"
     op_label = "MaskInversion: compute region embeddings"
@@ -82,42 +91,44 @@ class ComputeRegionEmbeddings(_Delegable):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs)
-        inputs.str("model_name", default="ViT-B-16", label="open_clip model", required=True)
-        inputs.str(
-            "pretrained",
-            default="openai",
-            label="Pretrained tag or checkpoint path",
-            description="an open_clip tag (openai, laion2b_s34b_b88k, ...) or a local checkpoint file",
-            required=True,
-        )
-        inputs.int("image_size", default=448, label="Image size (px)")
-        inputs.int("iterations", default=10, label="Iterations")
-        inputs.float("lr", default=0.5, label="Learning rate")
-        inputs.float("alpha", default=0.0, label="Regularisation alpha (5 for referring expressions)")
-        inputs.str("embeddings_field", default="mi_embedding", label="Embeddings attribute")
-        inputs.bool("overwrite", default=False, label="Recompute regions that already have an embedding?")
-        inputs.int("num_shards", default=1, label="Shards (parallel delegated workers)")
-        _target_choice(ctx, inputs)
-        _delegation_input(inputs)
-        return types.Property(inputs, view=types.View(label="Compute region embeddings"))
+        if _label_field_input(ctx, inputs):
+            inputs.str("model_name", default=defaults.MODEL_NAME, label="open_clip model")
+            inputs.str("pretrained", default=defaults.PRETRAINED, label="Pretrained tag or checkpoint path",
+                       description="an open_clip tag (openai, laion2b_s34b_b88k, ...) or a local checkpoint file")
+            inputs.int("image_size", default=defaults.IMAGE_SIZE, label="Image size (px)")
+            inputs.int("iterations", default=defaults.ITERATIONS, label="Iterations")
+            inputs.float("lr", default=defaults.LR, label="Learning rate")
+            inputs.float("alpha", default=defaults.ALPHA, label="Regularisation alpha (5 for referring expressions)")
+            inputs.str("blocks", default="", label="Explained blocks",
+                       description="comma-separated block indices, e.g. -2,-1 (empty: the last block)")
+            _embeddings_field_input(ctx, inputs)
+            inputs.bool("overwrite", default=False, label="Recompute regions that already have an embedding?")
+            inputs.bool("include_crowd", default=False, label="Embed crowd regions (iscrowd=1) too?")
+            inputs.int("batch_size", default=defaults.BATCH_SIZE, label="Samples per database write")
+            inputs.int("num_shards", default=1, label="Shards (parallel delegated workers)")
+            inputs.view_target(ctx)
+            _delegation_input(inputs)
+        return _form(inputs, "Compute region embeddings")
 
     def execute(self, ctx):
         params = ctx.params
         shards = int(params.get("num_shards", 1) or 1)
         if shards > 1 and "shard_index" not in params:
             return _queue_shards(ctx, self.uri, shards)
-        summary = fmi.compute_region_embeddings(
-            _target_view(ctx),
+        summary = compute_region_embeddings(
+            ctx.target_view(),
             params["label_field"],
-            model_name=params.get("model_name", "ViT-B-16"),
-            pretrained=params.get("pretrained", "openai"),
-            image_size=int(params.get("image_size", 448)),
-            iterations=int(params.get("iterations", 10)),
-            lr=float(params.get("lr", 0.5)),
-            alpha=float(params.get("alpha", 0.0)),
-            embeddings_field=params.get("embeddings_field", "mi_embedding"),
+            model_name=params.get("model_name", defaults.MODEL_NAME),
+            pretrained=params.get("pretrained", defaults.PRETRAINED),
+            image_size=int(params.get("image_size", defaults.IMAGE_SIZE)),
+            iterations=int(params.get("iterations", defaults.ITERATIONS)),
+            lr=float(params.get("lr", defaults.LR)),
+            alpha=float(params.get("alpha", defaults.ALPHA)),
+            blocks=_blocks(params.get("blocks")),
+            embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
             overwrite=bool(params.get("overwrite", False)),
+            include_crowd=bool(params.get("include_crowd", False)),
+            batch_size=int(params.get("batch_size", defaults.BATCH_SIZE)),
             shard=(int(params.get("shard_index", 0)), shards) if shards > 1 else None,
             progress=_progress(ctx, "MaskInversion"),
         )
@@ -126,26 +137,36 @@ class ComputeRegionEmbeddings(_Delegable):
         return {
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "computed": summary.computed,
+            "recomputed_stale": summary.recomputed_stale,
             "skipped_existing": summary.skipped_existing,
             "skipped_crowd": summary.skipped_crowd,
             "failed": len(summary.failed),
+            "samples": summary.samples,
+            "regions_field": summary.regions_field,
+            "heatmaps_dataset": summary.heatmaps_dataset,
             "seconds": round(summary.seconds, 1),
         }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.str("worker", label="worker")
-        for key in ("computed", "skipped_existing", "skipped_crowd", "failed", "queued_shards", "seconds"):
+        for key in ("worker", "regions_field", "heatmaps_dataset"):
+            outputs.str(key, label=key.replace("_", " "))
+        for key in ("computed", "recomputed_stale", "skipped_existing", "skipped_crowd", "failed", "samples",
+                    "queued_shards", "seconds"):
             outputs.int(key, label=key.replace("_", " "))
         return types.Property(outputs)
 
 
 def _queue_shards(ctx, uri, shards):
-    """Queue one delegated operation per shard, for `fiftyone delegated launch` workers to share."""
+    """Queue one delegated operation per shard, for `fiftyone delegated launch` workers to share; each
+    shard gets the same view, selection and target as the form."""
     for index in range(shards):
         params = dict(ctx.params, shard_index=index, delegate=True)
         foo.execute_operator(
-            uri, ctx={"dataset": ctx.dataset.name, "view": ctx.view, "params": params}, request_delegation=True
+            uri,
+            ctx={"dataset": ctx.dataset.name, "view": ctx.view, "selected": list(ctx.selected or []),
+                 "params": params},
+            request_delegation=True,
         )
     return {"queued_shards": shards}
 
@@ -157,31 +178,32 @@ class ZeroShotRelabel(_Delegable):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs)
-        inputs.str("embeddings_field", default="mi_embedding", label="Embeddings attribute")
-        inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
-        prompts = types.RadioGroup()
-        prompts.add_choice("ensemble", label="CLIP template ensemble")
-        prompts.add_choice("a photo of a {}.", label="a photo of a {}.")
-        inputs.enum("prompt", prompts.values(), default="ensemble", label="Prompts", view=prompts)
-        inputs.int("top_k", default=5, label="Top-k classes to keep")
-        inputs.str("pred_field", default="", label="Predictions field (empty: <field>_mi_relabel)")
-        inputs.bool("overwrite", default=False, label="Overwrite an existing predictions field?")
-        _target_choice(ctx, inputs)
-        _delegation_input(inputs)
-        return types.Property(inputs, view=types.View(label="Zero-shot relabel"))
+        if _label_field_input(ctx, inputs, embedded_only=True):
+            _embeddings_field_input(ctx, inputs)
+            inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
+            prompts = types.RadioGroup()
+            prompts.add_choice(defaults.PROMPT, label="CLIP template ensemble")
+            prompts.add_choice(defaults.SINGLE_PROMPT, label=defaults.SINGLE_PROMPT)
+            inputs.enum("prompt", prompts.values(), default=defaults.PROMPT, label="Prompts", view=prompts)
+            inputs.int("top_k", default=defaults.TOP_K, label="Top-k classes to keep")
+            inputs.str("pred_field", default="", label="Predictions field",
+                       description="empty: <label field>_<embeddings attribute>_relabel")
+            inputs.bool("overwrite", default=False, label="Overwrite this run's existing predictions field?")
+            inputs.view_target(ctx)
+            _delegation_input(inputs)
+        return _form(inputs, "Zero-shot relabel")
 
     def execute(self, ctx):
         params = ctx.params
         classes = [c.strip() for c in (params.get("classes") or "").split(",") if c.strip()]
-        summary = fmi.zero_shot_relabel(
-            _target_view(ctx),
+        summary = zero_shot_relabel(
+            ctx.target_view(),
             params["label_field"],
-            embeddings_field=params.get("embeddings_field", "mi_embedding"),
+            embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
             classes=classes or None,
-            prompt=params.get("prompt", "ensemble"),
+            prompt=params.get("prompt", defaults.PROMPT),
             pred_field=params.get("pred_field") or None,
-            top_k=int(params.get("top_k", 5)),
+            top_k=int(params.get("top_k", defaults.TOP_K)),
             overwrite=bool(params.get("overwrite", False)),
         )
         if not ctx.delegated:
@@ -196,22 +218,23 @@ class ApplyRelabel(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=REGION_FIELDS)
-        inputs.str("pred_field", default="", label="Predictions field (empty: <field>_mi_relabel)")
-        inputs.float("threshold", default=0.9, label="Minimum confidence")
-        inputs.bool("undo", default=False, label="Undo: restore the original labels instead")
-        _target_choice(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Apply relabel"))
+        if _label_field_input(ctx, inputs, embedded_only=True):
+            _embeddings_field_input(ctx, inputs)
+            inputs.str("pred_field", default="", label="Predictions field (empty: the run's default)")
+            inputs.float("threshold", default=defaults.RELABEL_THRESHOLD, label="Minimum confidence")
+            inputs.bool("undo", default=False, label="Undo: restore the original labels instead")
+            inputs.view_target(ctx)
+        return _form(inputs, "Apply relabel")
 
     def execute(self, ctx):
         params = ctx.params
-        view = _target_view(ctx)
+        view = ctx.target_view()
         if params.get("undo"):
-            count = fmi.undo_relabel(view, params["label_field"])
+            count = undo_relabel(view, params["label_field"])
         else:
-            count = fmi.apply_relabel(
-                view, params["label_field"], params.get("pred_field") or None, float(params.get("threshold", 0.9))
-            )
+            count = apply_relabel(view, params["label_field"], params.get("pred_field") or None,
+                                  float(params.get("threshold", defaults.RELABEL_THRESHOLD)),
+                                  params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
         ctx.ops.reload_dataset()
         return {"changed": count}
 
@@ -219,16 +242,20 @@ class ApplyRelabel(foo.Operator):
 class FindMislabeled(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="find_mislabeled", label="MaskInversion: show likely mislabeled regions")
+        return foo.OperatorConfig(name="find_mislabeled", label="MaskInversion: show likely mislabeled regions",
+                                  dynamic=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=REGION_FIELDS)
-        inputs.str("pred_field", default="", label="Predictions field (empty: <field>_mi_relabel)")
-        return types.Property(inputs, view=types.View(label="Find mislabeled regions"))
+        if _label_field_input(ctx, inputs, embedded_only=True):
+            _embeddings_field_input(ctx, inputs)
+            inputs.str("pred_field", default="", label="Predictions field (empty: the run's default)")
+        return _form(inputs, "Find mislabeled regions")
 
     def execute(self, ctx):
-        view = fmi.find_mislabeled(ctx.dataset, ctx.params["label_field"], ctx.params.get("pred_field") or None)
+        params = ctx.params
+        view = find_mislabeled(ctx.dataset, params["label_field"], params.get("pred_field") or None,
+                               params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
         ctx.ops.set_view(view)
         return {"regions": len(view)}
 
@@ -236,15 +263,18 @@ class FindMislabeled(foo.Operator):
 class SearchRegions(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="search_regions", label="MaskInversion: search regions by text or region")
+        return foo.OperatorConfig(name="search_regions", label="MaskInversion: search regions by text or region",
+                                  dynamic=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=REGION_FIELDS)
-        inputs.str("embeddings_field", default="mi_embedding", label="Embeddings attribute")
-        inputs.str("text", default="", label="Text query (empty: use the selected region)")
-        inputs.int("k", default=25, label="Number of regions")
-        return types.Property(inputs, view=types.View(label="Search regions"))
+        if _label_field_input(ctx, inputs, embedded_only=True):
+            _embeddings_field_input(ctx, inputs)
+            selected = bool(ctx.selected_labels)
+            inputs.str("text", default="", required=not selected,
+                       label="Text query" + (" (empty: use the selected region)" if selected else ""))
+            inputs.int("k", default=defaults.SEARCH_K, label="Number of regions")
+        return _form(inputs, "Search regions")
 
     def execute(self, ctx):
         params = ctx.params
@@ -254,13 +284,13 @@ class SearchRegions(foo.Operator):
             if not ctx.selected_labels:
                 raise ValueError("type a text query or select one region in the App")
             region_id = ctx.selected_labels[0]["label_id"]
-        view = fmi.search_regions(
+        view = search_regions(
             ctx.dataset,
             params["label_field"],
             text=text or None,
             region_id=region_id,
-            k=int(params.get("k", 25)),
-            embeddings_field=params.get("embeddings_field", "mi_embedding"),
+            k=int(params.get("k", defaults.SEARCH_K)),
+            embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
         )
         ctx.ops.set_view(view)
         return {"regions": len(view)}
@@ -269,23 +299,22 @@ class SearchRegions(foo.Operator):
 class DeleteRegionResults(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="delete_region_results", label="MaskInversion: delete results", dynamic=True
-        )
+        return foo.OperatorConfig(name="delete_region_results", label="MaskInversion: delete results", dynamic=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _field_choice(ctx, inputs, types_=REGION_FIELDS)
-        inputs.str("embeddings_field", default="mi_embedding", label="Embeddings attribute")
-        inputs.view("warning", types.Warning(label="Deletes embeddings, heatmaps, relabel predictions and the index"))
-        return types.Property(inputs, view=types.View(label="Delete MaskInversion results"))
+        if _label_field_input(ctx, inputs, embedded_only=True):
+            _embeddings_field_input(ctx, inputs)
+            inputs.view("warning", types.Warning(
+                label="Deletes this run's embeddings, heatmaps, relabel predictions and index (other runs stay)"))
+        return _form(inputs, "Delete MaskInversion results")
 
     def execute(self, ctx):
-        deleted = fmi.delete_region_results(
-            ctx.dataset, ctx.params["label_field"], ctx.params.get("embeddings_field", "mi_embedding")
-        )
+        deleted = delete_region_results(ctx.dataset, ctx.params["label_field"],
+                                        ctx.params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
         ctx.ops.reload_dataset()
-        return {"deleted_attributes": len(deleted["attributes"]), "deleted_heatmaps": deleted["heatmaps"]}
+        return {"deleted_attributes": len(deleted["attributes"]), "deleted_heatmaps": deleted["heatmaps"],
+                "deleted_pred_fields": len(deleted["pred_fields"])}
 
 
 def register(plugin):

@@ -1,0 +1,124 @@
+"""MaskInversion: per-mask embeddings learned at test time so that their LeGrad map matches the mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import math
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import defaults
+from .backbone import Backbone
+from .block_state import capture_image_state, resolve_blocks
+from .inputs import ImageInput, MaskInput, load_rgb, prepare_masks
+from .legrad import ENGINES, make_engine, relevance_to_maps
+from .metrics import binary_iou, soft_dice_loss
+
+# Engine work memory per chunk of masks. On the CPU one mask at a time is fastest (the n x n
+# attention-gradient buffers of one ViT-B-16/448 mask already exceed the caches); GPUs want batches.
+DEFAULT_MEMORY_BUDGET = {"cpu": 1 << 27, "cuda": 4 << 30}
+
+
+@dataclass
+class InversionResult:
+    """Per-mask outputs of one image. Rows of masks that could not be used are NaN, with a reason."""
+
+    embeddings: np.ndarray  # N x D, unnormalised, comparable to encode_image outputs
+    heatmaps: np.ndarray  # N x S x S in [0,1]: the final LeGrad map of each embedding
+    dice: np.ndarray  # N: soft Dice coefficient of the final map and the (resized) mask
+    iou: np.ndarray  # N: IoU of map >= 0.5 and mask >= 0.5
+    loss_history: np.ndarray  # iterations x N: the loss before each optimiser step
+    valid: np.ndarray  # N bool
+    errors: List[Optional[str]] = field(default_factory=list)  # N: why a mask has no embedding
+    image_embedding: Optional[np.ndarray] = None  # D, the model's own image embedding
+
+
+def check_method(iterations: int, lr: float, alpha: float) -> None:
+    """Raise ValueError for settings the optimisation cannot use (checked before any work or write)."""
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+
+
+class MaskInverter:
+    """Learns one localized embedding per mask; the model stays frozen and is forwarded once per image."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        iterations: int = defaults.ITERATIONS,
+        lr: float = defaults.LR,
+        alpha: float = defaults.ALPHA,
+        engine: str = defaults.ENGINE,
+        blocks: Optional[Sequence[int]] = defaults.BLOCKS,
+        memory_budget: Optional[int] = None,
+    ):
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+        check_method(iterations, lr, alpha)
+        self.backbone = backbone
+        self.iterations = iterations
+        self.lr = lr
+        self.alpha = alpha
+        self.engine = engine
+        self.blocks = resolve_blocks(backbone, blocks)
+        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET.get(backbone.device.type, 1 << 30)
+
+    def invert(self, image: ImageInput, masks: MaskInput) -> InversionResult:
+        """Localized embeddings of N binary masks (N x H x W, the image's size) of one image."""
+        backbone = self.backbone
+        rgb = load_rgb(image, min_side=backbone.patch_size)
+        prepared = prepare_masks(masks, (rgb.height, rgb.width), backbone.image_size)
+        count, dim, size = len(prepared.valid), backbone.embed_dim, backbone.image_size
+        result = InversionResult(
+            embeddings=np.full((count, dim), np.nan, dtype=np.float32),
+            heatmaps=np.full((count, size, size), np.nan, dtype=np.float32),
+            dice=np.full(count, np.nan, dtype=np.float32),
+            iou=np.full(count, np.nan, dtype=np.float32),
+            loss_history=np.full((self.iterations, count), np.nan, dtype=np.float32),
+            valid=prepared.valid,
+            errors=prepared.errors,
+        )
+        if not prepared.valid.any():
+            return result
+        state = capture_image_state(backbone, backbone.pixels(rgb), self.blocks)
+        result.image_embedding = state.image_embedding[0].cpu().numpy()
+        engine = make_engine(self.engine, backbone, state)
+        chunk = max(1, self.memory_budget // engine.bytes_per_query())
+        rows = np.flatnonzero(prepared.valid)
+        targets = prepared.grid_masks.to(backbone.device)
+        for start in range(0, len(rows), chunk):
+            part = slice(start, start + chunk)
+            self._invert_chunk(engine, state.image_embedding, targets[part], rows[part], len(rows), result)
+        return result
+
+    def _invert_chunk(self, engine, image_embedding, targets, rows, count, result) -> None:
+        """Optimise the embeddings of one chunk of masks and write them into ``result`` rows.
+
+        The objective of a call is the mean of the per-mask losses over all ``count`` masks, as in the
+        authors' implementation (masks only interact through AdamW's epsilon), whatever the chunking.
+        """
+        grid, patch = self.backbone.grid_size, self.backbone.patch_size
+        anchor = F.normalize(image_embedding, dim=-1)
+        embedding = image_embedding.repeat(len(rows), 1).clone().requires_grad_(True)
+        optimizer = torch.optim.AdamW([embedding], lr=self.lr, weight_decay=0.0)
+        for step in range(self.iterations):
+            query = F.normalize(embedding, dim=-1)
+            maps = relevance_to_maps(engine.relevance(query), grid, patch)
+            loss = soft_dice_loss(maps, targets) + self.alpha * (1.0 - (query * anchor).sum(dim=-1))
+            optimizer.zero_grad()
+            (loss.sum() / count).backward()
+            optimizer.step()
+            result.loss_history[step, rows] = loss.detach().cpu().numpy()
+        with torch.no_grad():
+            final = relevance_to_maps(engine.relevance(F.normalize(embedding, dim=-1)), grid, patch)
+            result.embeddings[rows] = embedding.cpu().numpy()
+            result.heatmaps[rows] = final.cpu().numpy()
+            result.dice[rows] = (1.0 - soft_dice_loss(final, targets)).cpu().numpy()
+            result.iou[rows] = binary_iou(final, targets).cpu().numpy()

@@ -1,0 +1,25 @@
+"""The one home of every default the API, the CLI and the plugin share (model, method, field names)."""
+
+from typing import Optional, Tuple
+
+# model: the paper's ViT-B/16 at 448 px with OpenAI's weights
+MODEL_NAME = "ViT-B-16"
+PRETRAINED = "openai"
+IMAGE_SIZE = 448
+
+# method: as in the authors' README and examples
+ITERATIONS = 10
+LR = 0.5
+ALPHA = 0.0  # the regulariser towards the image embedding; the paper uses 5 for referring expressions
+REFER_ALPHA = 5.0
+BLOCKS: Optional[Tuple[int, ...]] = None  # explained blocks; None = the last block only
+ENGINE = "fast"
+
+# FiftyOne layer
+EMBEDDINGS_FIELD = "mi_embedding"
+BATCH_SIZE = 16  # samples per database write
+PROMPT = "ensemble"  # CLIP's 80 ImageNet templates; or one template with {}
+SINGLE_PROMPT = "a photo of a {}."
+TOP_K = 5
+RELABEL_THRESHOLD = 0.9
+SEARCH_K = 25

@@ -1,0 +1,7 @@
+"""Evaluation: baseline region embeddings, the tasks (classify, refer, mislabel), the report and the
+runner behind ``maskinversion eval``. Needs only the core; never imports FiftyOne."""
+
+from .baselines import METHODS, region_embeddings, supported_methods
+from .runner import TASKS, run
+
+__all__ = ["METHODS", "TASKS", "region_embeddings", "run", "supported_methods"]

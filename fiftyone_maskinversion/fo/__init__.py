@@ -1,0 +1,30 @@
+"""The FiftyOne layer: runs the core on datasets and stores the results as native FiftyOne data.
+
+A run is identified by (dataset, label field, embeddings field); see :mod:`.runs`. Every function
+takes the label field by the name the user gave (a Segmentation field's own name included).
+"""
+
+from .cleanup import delete_region_results
+from .embed import RegionRunSummary, compute_region_embeddings
+from .heatmaps import delete_orphaned_heatmaps, heatmaps_dataset, heatmaps_dataset_name
+from .relabel import apply_relabel, find_mislabeled, undo_relabel, zero_shot_relabel
+from .runs import RegionRun, list_region_runs
+from .search import build_region_index, rank_regions, search_regions
+
+__all__ = [
+    "RegionRun",
+    "RegionRunSummary",
+    "apply_relabel",
+    "build_region_index",
+    "compute_region_embeddings",
+    "delete_orphaned_heatmaps",
+    "delete_region_results",
+    "find_mislabeled",
+    "heatmaps_dataset",
+    "heatmaps_dataset_name",
+    "list_region_runs",
+    "rank_regions",
+    "search_regions",
+    "undo_relabel",
+    "zero_shot_relabel",
+]

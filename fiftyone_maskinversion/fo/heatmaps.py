@@ -1,0 +1,157 @@
+"""Per-region LeGrad heatmaps in a companion dataset the App renders natively.
+
+A ``fo.Heatmap`` must be a sample-level label (nested in a Detection it breaks the App's label
+schema), and a sample has one image but many regions. So each embedded region gets one sample in the
+companion dataset ``maskinversion-heatmaps-<dataset id>``: the same image, the region itself (under
+its field's name), its heatmap (field ``heatmap``), dice/iou, and the source sample and label ids.
+Samples are keyed by (region field, embeddings field, label id): each run owns its own heatmaps.
+
+The companion follows its dataset: it is named by the dataset's id (a rename keeps it), a clone
+copies the heatmaps of its labels on first use (see ``runs.find_run``), and a companion whose dataset
+was deleted is removed by :func:`delete_orphaned_heatmaps` (called by every compute).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional
+
+import fiftyone as fo
+import fiftyone.core.odm as foo
+import numpy as np
+from fiftyone import ViewField as F
+from PIL import Image
+
+from .regions import container_of, geometry_copy, list_path, regions_of
+
+HEATMAP_CELLS_PER_PATCH = 4  # stored map: 4 x 4 pixels per patch; the App stretches it over the image
+PREFIX = "maskinversion-heatmaps-"
+
+
+def heatmaps_dataset_name(dataset: fo.Dataset) -> str:
+    return f"{PREFIX}{dataset._doc.id}"
+
+
+def heatmaps_dataset(dataset: fo.Dataset, create: bool = False) -> Optional[fo.Dataset]:
+    """The companion dataset of ``dataset`` (created, persistent like its parent, if asked), else None."""
+    name = heatmaps_dataset_name(dataset)
+    if fo.dataset_exists(name):
+        return fo.load_dataset(name)
+    if not create:
+        return None
+    try:
+        companion = fo.Dataset(name)
+    except ValueError:  # another worker created it meanwhile
+        return fo.load_dataset(name)
+    companion.media_type = "image"  # set while empty: concurrent workers then agree on it
+    companion.persistent = dataset.persistent
+    companion.app_config.active_fields = fo.ActiveFields(paths=["heatmap"])  # shown without a click
+    for name_ in ("source_label_id", "source_field", "embeddings_field"):
+        companion.add_sample_field(name_, fo.StringField)
+    companion.create_index("source_label_id", unique=False)
+    companion.info.update(source_dataset=dataset.name, source_dataset_id=str(dataset._doc.id))
+    companion.save()
+    return companion
+
+
+def heatmap_label(heatmap: np.ndarray, grid: int) -> fo.Heatmap:
+    """An 8-bit fo.Heatmap of a [0,1] map, stored at a few pixels per patch (the map is smooth)."""
+    size = grid * HEATMAP_CELLS_PER_PATCH
+    small = Image.fromarray(np.clip(heatmap * 255.0, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    return fo.Heatmap(map=np.asarray(small), range=[0, 255])
+
+
+def region_sample(sample, region, container, field_name: str, embeddings_field: str, heatmap: fo.Heatmap,
+                  fidelity: dict) -> fo.Sample:
+    """The companion sample of one region (``container`` is the source Detections/Polylines)."""
+    return fo.Sample(
+        filepath=sample.filepath,
+        heatmap=heatmap,
+        label=region.label,
+        source_sample_id=sample.id,
+        source_label_id=region.id,
+        source_field=field_name,
+        embeddings_field=embeddings_field,
+        **{field_name: container_of([geometry_copy(region, label=region.label)], container)},
+        **fidelity,
+    )
+
+
+def _of_run(companion: fo.Dataset, field_name: str, embeddings_field: str, label_ids: Optional[Iterable[str]] = None):
+    view = companion.match((F("source_field") == field_name) & (F("embeddings_field") == embeddings_field))
+    return view if label_ids is None else view.match(F("source_label_id").is_in(list(label_ids)))
+
+
+def replace_region_samples(companion: fo.Dataset, field_name: str, embeddings_field: str,
+                           new_samples: List[fo.Sample]) -> None:
+    """Insert a run's samples, first removing its earlier ones of the same labels (re-runs, resumes)."""
+    if not new_samples:
+        return
+    forget_region_samples(companion, field_name, embeddings_field, [s["source_label_id"] for s in new_samples])
+    companion.add_samples(new_samples, progress=False)
+    active = companion.app_config.active_fields
+    if active is not None and field_name not in active.paths:  # draw the region over its heatmap
+        active.paths.append(field_name)
+        companion.save()
+
+
+def forget_region_samples(companion: fo.Dataset, field_name: str, embeddings_field: str,
+                          label_ids: Optional[Iterable[str]] = None) -> int:
+    """Delete a run's heatmaps of the given labels (or all of them); returns how many."""
+    stale = _of_run(companion, field_name, embeddings_field, label_ids)
+    count = len(stale)
+    if count:
+        companion.delete_samples(stale)
+    return count
+
+
+def delete_run_heatmaps(dataset: fo.Dataset, field_name: str, embeddings_field: str) -> int:
+    """Delete all of a run's heatmaps, and the companion once it is empty; returns how many."""
+    companion = heatmaps_dataset(dataset)
+    if companion is None:
+        return 0
+    count = forget_region_samples(companion, field_name, embeddings_field)
+    if not len(companion):
+        companion.delete()
+    return count
+
+
+def update_labels(dataset: fo.Dataset, field_name: str, labels: Dict[str, str]) -> None:
+    """Keep the companion's copies of relabelled regions (every run's) in step with the dataset."""
+    companion = heatmaps_dataset(dataset)
+    if companion is None or not labels:
+        return
+    view = companion.match((F("source_field") == field_name) & F("source_label_id").is_in(list(labels)))
+    for sample in view.iter_samples(autosave=True, progress=False):
+        new_label = labels[sample.source_label_id]
+        sample["label"] = new_label
+        for region in regions_of(sample[field_name]):
+            region.label = new_label
+
+
+def copy_for_clone(source_dataset_id: str, dataset: fo.Dataset, field_name: str, embeddings_field: str) -> int:
+    """Copy a run's heatmaps from the dataset it was cloned from, for the labels this dataset holds."""
+    source_name = f"{PREFIX}{source_dataset_id}"
+    if not fo.dataset_exists(source_name):
+        return 0
+    label_ids = {i for ids in dataset.values(f"{list_path(dataset, field_name)}.id") for i in (ids or [])}
+    source = _of_run(fo.load_dataset(source_name), field_name, embeddings_field, label_ids)
+    copies = [fo.Sample.from_dict({k: v for k, v in s.to_dict().items() if k != "_id"})
+              for s in source.iter_samples(progress=False)]
+    if copies:
+        replace_region_samples(heatmaps_dataset(dataset, create=True), field_name, embeddings_field, copies)
+    return len(copies)
+
+
+def delete_orphaned_heatmaps() -> List[str]:
+    """Delete companions whose dataset no longer exists (and that no clone still has to copy from)."""
+    conn = foo.get_db_conn()
+    alive = {str(i) for i in conn.datasets.distinct("_id")}
+    pending = {str(doc["config"].get("dataset_id")) for doc in conn.runs.find(
+        {"config.method": "maskinversion"}, {"config.dataset_id": 1})}
+    deleted = []
+    for name in fo.list_datasets(glob_patt=f"{PREFIX}*"):
+        owner = name[len(PREFIX):]
+        if owner not in alive and owner not in pending:
+            fo.delete_dataset(name)
+            deleted.append(name)
+    return deleted

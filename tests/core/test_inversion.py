@@ -1,0 +1,130 @@
+"""MaskInverter: engines agree with each other and with the plain per-mask reference; outputs have the documented form."""
+
+import numpy as np
+import pytest
+import torch
+
+from fiftyone_maskinversion import MaskInverter
+from fiftyone_maskinversion.core.metrics import binary_iou, soft_dice_loss
+
+from . import reference
+from ..helpers import make_backbone
+
+
+def cosine_rows(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def square_scene(size, seed=2):
+    """An image already at the working resolution (so mask resizing is the identity) and 3 masks."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    masks = np.zeros((3, size, size), dtype=bool)
+    masks[0, : size // 2, : size // 2] = True
+    masks[1, size // 4 :, size // 3 :] = True
+    masks[2, size // 8 : size // 3, :] = True
+    return image, masks
+
+
+@pytest.mark.parametrize("name", ["mi-test-tiny", "mi-test-tiny-ls"])
+@pytest.mark.parametrize("blocks", [None, [-2, -1]])
+def test_fast_engine_matches_autograd_engine(name, blocks):
+    backbone = make_backbone(name)
+    image, masks = square_scene(backbone.image_size)
+    fast = MaskInverter(backbone, iterations=10, lr=0.5, engine="fast", blocks=blocks).invert(image, masks)
+    slow = MaskInverter(backbone, iterations=10, lr=0.5, engine="autograd", blocks=blocks).invert(image, masks)
+    assert cosine_rows(fast.embeddings, slow.embeddings).min() >= 0.9999
+    assert np.abs(fast.heatmaps - slow.heatmaps).max() <= 1e-4
+    np.testing.assert_allclose(fast.loss_history, slow.loss_history, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,alpha", [("mi-test-tiny", 0.0), ("mi-test-tiny-ls", 5.0)])
+def test_fast_engine_matches_plain_reference_inversion(name, alpha):
+    backbone = make_backbone(name)
+    image, masks = square_scene(backbone.image_size, seed=4)
+    result = MaskInverter(backbone, iterations=10, lr=0.5, alpha=alpha).invert(image, masks)
+    expected = reference.mask_inversion(
+        backbone.model,
+        backbone.pixels(image),
+        torch.from_numpy(masks).float(),
+        blocks=[backbone.num_blocks - 1],
+        patch=backbone.patch_size,
+        iterations=10,
+        lr=0.5,
+        alpha=alpha,
+    )
+    assert cosine_rows(result.embeddings, expected.numpy()).min() >= 0.9999
+    # the optimisation really moved away from the image embedding
+    assert cosine_rows(result.embeddings, np.repeat(result.image_embedding[None], 3, 0)).max() < 0.999
+
+
+def test_result_fields(tiny, scene):
+    image, masks = scene
+    result = MaskInverter(tiny, iterations=4).invert(image, masks)
+    size = tiny.image_size
+    assert result.embeddings.shape == (3, tiny.embed_dim) and np.isfinite(result.embeddings).all()
+    assert result.heatmaps.shape == (3, size, size)
+    assert result.heatmaps.min() >= 0 and result.heatmaps.max() <= 1
+    assert result.loss_history.shape == (4, 3)
+    assert result.valid.all() and result.errors == [None, None, None]
+    # dice/iou agree with their definitions on the returned heatmaps and the resized masks
+    grid_masks = torch.nn.functional.interpolate(
+        torch.from_numpy(masks).float()[:, None], size=(size, size), mode="bilinear", antialias=True
+    )[:, 0]
+    heat = torch.from_numpy(result.heatmaps)
+    np.testing.assert_allclose(result.dice, 1 - soft_dice_loss(heat, grid_masks).numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.iou, binary_iou(heat, grid_masks).numpy(), atol=1e-6)
+
+
+def test_zero_iterations_returns_the_image_embedding(tiny, scene):
+    image, masks = scene
+    result = MaskInverter(tiny, iterations=0).invert(image, masks)
+    expected = tiny.encode_image(image)[0].numpy()
+    np.testing.assert_allclose(result.embeddings, np.repeat(expected[None], 3, 0), atol=1e-6)
+
+
+def test_inversion_improves_the_fit(tiny, scene):
+    image, masks = scene
+    result = MaskInverter(tiny, iterations=15, lr=0.5).invert(image, masks)
+    assert (result.loss_history[-1] < result.loss_history[0]).all()
+    assert (1 - result.dice < result.loss_history[0]).all()
+
+
+def test_deterministic(tiny, scene):
+    image, masks = scene
+    first = MaskInverter(tiny, iterations=5).invert(image, masks)
+    second = MaskInverter(tiny, iterations=5).invert(image, masks)
+    assert np.array_equal(first.embeddings, second.embeddings)
+    assert np.array_equal(first.heatmaps, second.heatmaps)
+
+
+def test_chunking_does_not_change_results(tiny, scene):
+    image, masks = scene
+    one_at_a_time = MaskInverter(tiny, iterations=5, memory_budget=1).invert(image, masks)
+    all_at_once = MaskInverter(tiny, iterations=5, memory_budget=1 << 32).invert(image, masks)
+    np.testing.assert_allclose(one_at_a_time.embeddings, all_at_once.embeddings, atol=1e-5)
+
+
+def test_one_forward_per_image_whatever_the_number_of_masks(tiny, scene):
+    image, masks = scene
+    calls = []
+    handle = tiny.visual.register_forward_hook(lambda *_: calls.append(1))
+    for engine in ("fast", "autograd"):
+        calls.clear()
+        MaskInverter(tiny, iterations=3, engine=engine, memory_budget=1).invert(image, np.concatenate([masks] * 4))
+        assert len(calls) == 1
+    handle.remove()
+
+
+def test_soft_dice_hand_computed():
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]])
+    masks = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    # first: 1 - (2*1 + 1) / (1 + 2 + 1) = 0.25; second: 1 - (0 + 1) / (2 + 0 + 1) = 2/3
+    np.testing.assert_allclose(soft_dice_loss(maps, masks).numpy(), [0.25, 2 / 3], atol=1e-7)
+    # IoU at 0.5: first {0} vs {0,1} -> 1/2; second: all four map pixels on, mask empty -> 0
+    np.testing.assert_allclose(binary_iou(maps, masks).numpy(), [0.5, 0.0])
+
+
+def test_unknown_engine(tiny):
+    with pytest.raises(ValueError, match="unknown engine"):
+        MaskInverter(tiny, engine="nope")

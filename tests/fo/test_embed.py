@@ -1,0 +1,281 @@
+"""The FiftyOne layer on real COCO images and masks, with the real FiftyOne database."""
+
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from fiftyone import ViewField as F
+from pycocotools.coco import COCO
+
+import fiftyone_maskinversion.fo as mifo
+from fiftyone_maskinversion import MaskInverter
+from fiftyone_maskinversion.fo.regions import region_mask
+
+from ..helpers import COCO_DIR, save_checkpoint
+
+PRED = "ground_truth_mi_embedding_relabel"  # the default predictions field of the default run
+
+pytestmark = pytest.mark.slow
+
+
+def cosine(a, b):
+    return float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def non_crowd(dataset, field="ground_truth"):
+    return dataset.filter_labels(field, F("iscrowd") != 1).count(f"{field}.detections")
+
+
+def test_instance_masks_are_coco_masks_and_embeddings_match_the_core(coco_dataset, tiny):
+    coco = COCO(str(COCO_DIR / "instances.json"))
+    sample = coco_dataset.first()
+    width, height = sample.metadata.width, sample.metadata.height
+    dets = [d for d in sample.ground_truth.detections if not d.iscrowd]
+    inter = union = 0
+    for det in dets:
+        ours = region_mask(det, width, height)
+        truth = coco.annToMask(coco.loadAnns(int(det.coco_id))[0]) > 0
+        inter, union = inter + (ours & truth).sum(), union + (ours | truth).sum()
+        near_truth = np.zeros_like(truth)  # truth dilated by 2 px
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                near_truth |= np.roll(truth, (dy, dx), axis=(0, 1))
+        assert (ours & ~near_truth).sum() == 0 and abs(int(ours.sum()) - int(truth.sum())) <= 0.2 * truth.sum()
+    # FiftyOne stores masks cropped to boxes rounded to pixels, so small shapes shift by a pixel
+    assert inter / union > 0.9
+
+    summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
+    assert summary.computed == non_crowd(coco_dataset) and not summary.failed
+    schema = coco_dataset.get_field_schema(flat=True)
+    assert isinstance(schema["ground_truth.detections.mi_embedding"], fo.VectorField)
+    sample.reload()
+    # the run must hand the core exactly FiftyOne's own rendering of each label, in label order
+    masks = [d.to_segmentation(frame_size=(width, height)).mask > 0 for d in dets]
+    direct = MaskInverter(tiny, iterations=3).invert(sample.filepath, masks)
+    for k, det in enumerate(dets):
+        stored = coco_dataset[sample.id].ground_truth.detections
+        got = next(d for d in stored if d.id == det.id)
+        assert cosine(got.mi_embedding, direct.embeddings[k]) > 0.9999
+        assert 0 <= got.mi_embedding_dice <= 1 and 0 <= got.mi_embedding_iou <= 1
+
+    heat = mifo.heatmaps_dataset(coco_dataset)
+    assert heat.name == summary.heatmaps_dataset and len(heat) == summary.computed
+    assert len(set(heat.values("source_label_id"))) == summary.computed
+    first = heat.first()
+    assert isinstance(first.heatmap, fo.Heatmap) and first.heatmap.map.dtype == np.uint8
+    assert first.filepath == coco_dataset[first.source_sample_id].filepath
+    (run,) = mifo.list_region_runs(coco_dataset)
+    assert run.settings["model_name"] == "mi-test-tiny" and run.settings["iterations"] == 3
+    assert run.settings["weights_id"] == tiny.weights_id and run.settings["activation"] == "gelu"
+    assert coco_dataset.list_runs() == [run.key] and "maskinversion" not in coco_dataset.info
+
+
+def test_rerun_skips_done_regions_and_detects_other_settings(coco_dataset, tiny):
+    first = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    again = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    assert again.computed == 0 and again.skipped_existing == first.computed
+    with pytest.raises(ValueError, match="computed with other settings .*iterations"):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
+    redo = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3, overwrite=True)
+    assert redo.computed == first.computed
+    assert len(mifo.heatmaps_dataset(coco_dataset)) == first.computed  # replaced, not duplicated
+
+
+def test_interrupted_run_resumes_without_duplicates(coco_dataset, tiny):
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        mifo.compute_region_embeddings(
+            coco_dataset, "ground_truth", backbone=tiny, iterations=2, batch_size=1, progress=stop_after_two
+        )
+    resumed = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    total = non_crowd(coco_dataset)
+    assert resumed.skipped_existing > 0 and resumed.computed + resumed.skipped_existing == total
+    heat = mifo.heatmaps_dataset(coco_dataset)
+    assert len(heat) == total == len(set(heat.values("source_label_id")))
+
+
+def test_boxes_polylines_and_segmentations(coco_dataset, tiny):
+    sample = coco_dataset.first()
+    width, height = sample.metadata.width, sample.metadata.height
+    for s in coco_dataset.iter_samples(autosave=True):
+        dets = [d for d in s.ground_truth.detections if not d.iscrowd]
+        s["boxes"] = fo.Detections(detections=[fo.Detection(label=d.label, bounding_box=d.bounding_box) for d in dets])
+        s["polys"] = fo.Polylines(polylines=[d.to_polyline() for d in dets])
+    boxes = mifo.compute_region_embeddings(coco_dataset, "boxes", backbone=tiny, iterations=2)
+    assert boxes.computed == non_crowd(coco_dataset) and not boxes.failed
+    box = coco_dataset.first().boxes.detections[0]
+    rect = region_mask(box, width, height)
+    direct = MaskInverter(tiny, iterations=2).invert(sample.filepath, [rect])
+    assert cosine(box.mi_embedding, direct.embeddings[0]) > 0.9999
+    ys, xs = np.nonzero(rect)
+    x, y, w, h = box.bounding_box
+    assert abs(xs.min() - x * width) <= 1 and abs(ys.max() + 1 - (y + h) * height) <= 1
+
+    polys = mifo.compute_region_embeddings(coco_dataset, "polys", backbone=tiny, iterations=2)
+    assert polys.computed == non_crowd(coco_dataset) and not polys.failed
+    assert coco_dataset.count("polys.polylines.mi_embedding") == polys.computed
+
+
+def test_semantic_segmentation_becomes_one_region_per_class(coco_dataset, tiny):
+    import fiftyone.utils.labels as foul
+
+    classes = coco_dataset.distinct("ground_truth.detections.label")
+    targets = {i + 1: c for i, c in enumerate(classes)}
+    coco_dataset.mask_targets = {"semantic": targets}
+    coco_dataset.save()
+    foul.objects_to_segmentations(coco_dataset, "ground_truth", "semantic", mask_targets=targets)
+    summary = mifo.compute_region_embeddings(coco_dataset, "semantic", backbone=tiny, iterations=2)
+    assert (summary.label_field, summary.regions_field) == ("semantic", "semantic_regions")
+    sample = coco_dataset.first()
+    present = {targets[v] for v in np.unique(sample.semantic.get_mask()) if v}
+    assert {d.label for d in sample.semantic_regions.detections} == present
+    assert all(d.mi_embedding is not None for d in sample.semantic_regions.detections)
+    ids = coco_dataset.values("semantic_regions.detections.id")
+    again = mifo.compute_region_embeddings(coco_dataset, "semantic", backbone=tiny, iterations=2)
+    assert again.computed == 0 and coco_dataset.values("semantic_regions.detections.id") == ids
+
+
+def test_bad_inputs_are_reported_per_label_and_the_run_completes(coco_dataset, tiny, tmp_path):
+    samples = list(coco_dataset.iter_samples())
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(open(samples[0].filepath, "rb").read()[:200])
+    samples[0].filepath = str(corrupt)
+    samples[0].save()
+    samples[1].filepath = str(tmp_path / "missing.jpg")
+    samples[1].save()
+    third = samples[2]
+    dets = third.ground_truth.detections
+    dets.append(fo.Detection(label="nothing"))  # neither mask nor box
+    dets.append(fo.Detection(label="empty", bounding_box=[0.1, 0.1, 0.2, 0.2], mask=np.zeros((5, 5), bool)))
+    third.save()
+    summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    reasons = {label_id: reason for _, label_id, reason in summary.failed}
+    bad_ids = {dets[-2].id: "neither an instance mask nor a bounding box", dets[-1].id: "empty mask"}
+    for label_id, text in bad_ids.items():
+        assert text in reasons[label_id]
+    first_ids = [d.id for d in samples[0].ground_truth.detections if not d.iscrowd]
+    assert all("corrupt.jpg" in reasons[i] for i in first_ids)
+    assert all("missing.jpg" in reasons[i] for i in [d.id for d in samples[1].ground_truth.detections if not d.iscrowd])
+    rest = coco_dataset.select([s.id for s in samples[2:]])
+    assert summary.computed == non_crowd(rest) - 2  # every other region of the readable images
+
+
+@pytest.fixture
+def embedded(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    return coco_dataset
+
+
+def test_zero_shot_relabel_apply_and_undo(embedded, tiny):
+    before = embedded.values("ground_truth.detections.label")
+    summary = mifo.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, top_k=3)
+    assert embedded.values("ground_truth.detections.label") == before  # ground truth untouched
+    classes = sorted(set(embedded.distinct("ground_truth.detections.label")))
+    assert summary.classes == classes and summary.regions == non_crowd(embedded)
+    text = tiny.encode_text([f"a photo of a {c}." for c in classes]).numpy()  # one template: its own embedding
+    scale = float(tiny.model.logit_scale.exp())
+    sample = embedded.first()
+    gt = {d.id: d for d in sample.ground_truth.detections}
+    for pred in sample[PRED].detections:
+        source = gt[pred.source_label_id]
+        assert pred.bounding_box == source.bounding_box and np.array_equal(pred.mask, source.mask)
+        assert pred.id != source.id and pred.gt_label == source.label
+        # independent softmax over the scaled cosine similarities
+        emb = source.mi_embedding / np.linalg.norm(source.mi_embedding)
+        logits = scale * text @ emb
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert pred.label == classes[int(np.argmax(probs))]
+        np.testing.assert_allclose(pred.confidence, probs.max(), rtol=1e-4)
+        np.testing.assert_allclose(pred.mistakenness, 1 - probs[classes.index(source.label)], rtol=1e-4, atol=1e-6)
+        assert len(pred.topk_labels) == 3 and pred.topk_scores == sorted(pred.topk_scores, reverse=True)
+
+    with pytest.raises(ValueError, match="already exists"):
+        mifo.zero_shot_relabel(embedded, "ground_truth", backbone=tiny)
+
+    changed = mifo.apply_relabel(embedded, "ground_truth", threshold=0.0)
+    assert changed == summary.changed > 0
+    after = embedded.first().ground_truth.detections
+    preds = {p.source_label_id: p.label for p in embedded.first()[PRED].detections}
+    for det in after:
+        if det.id in preds:
+            assert det.label == preds[det.id]
+            if det.get_attribute_value("mi_original_label", None) is not None:
+                assert det.mi_original_label == gt[det.id].label
+    assert mifo.undo_relabel(embedded, "ground_truth") == changed
+    assert embedded.values("ground_truth.detections.label") == before
+
+
+def test_find_mislabeled_sorts_by_mistakenness(embedded, tiny):
+    mifo.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny)
+    view = mifo.find_mislabeled(embedded, "ground_truth")
+    scores = view.values(f"{PRED}.mistakenness")
+    assert len(scores) == non_crowd(embedded) and scores == sorted(scores, reverse=True)
+
+
+def test_text_and_region_search(embedded, tiny):
+    view = mifo.search_regions(embedded, "ground_truth", text="a photo of a person", k=5, backbone=tiny)
+    got = view.values("ground_truth.id")
+    # independent ranking by cosine between the text embedding and every stored region embedding
+    query = tiny.encode_text(["a photo of a person"])[0].numpy()
+    ids, embs = [], []
+    for det_ids, det_embs in zip(
+        embedded.values("ground_truth.detections.id"), embedded.values("ground_truth.detections.mi_embedding")
+    ):
+        for i, e in zip(det_ids, det_embs):
+            if e is not None:
+                ids.append(i)
+                embs.append(e / np.linalg.norm(e))
+    expected = [ids[i] for i in np.argsort(-(np.stack(embs) @ query))[:5]]
+    assert got == expected
+    region = expected[2]
+    similar = mifo.search_regions(embedded, "ground_truth", region_id=region, k=3, backbone=tiny)
+    assert similar.values("ground_truth.id")[0] == region
+
+
+def test_delete_region_results(embedded, tiny):
+    mifo.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny)
+    mifo.build_region_index(embedded, "ground_truth")
+    deleted = mifo.delete_region_results(embedded, "ground_truth")
+    assert deleted["heatmaps"] == non_crowd(embedded) and deleted["pred_fields"] == [PRED]
+    assert not embedded.has_field("ground_truth.detections.mi_embedding")
+    assert embedded.list_brain_runs() == [] and embedded.list_runs() == [] and "maskinversion" not in embedded.info
+    assert mifo.heatmaps_dataset(embedded) is None  # emptied, so deleted
+    assert embedded.count("ground_truth.detections") > 0  # the ground truth itself stays
+
+
+def test_index_for_a_pretrained_tag_falls_back_when_the_zoo_model_cannot_load(embedded, caplog):
+    """With a standard model + tag the index names the zoo text model; offline it cannot load, and the
+    index is built without it (the App's region-to-region search still works)."""
+    from fiftyone_maskinversion.fo.runs import find_run, save_run
+
+    run = find_run(embedded, "ground_truth", "mi_embedding")
+    run.settings = {**run.settings, "model_name": "ViT-B-32", "pretrained": "openai", "activation": "quick_gelu"}
+    save_run(embedded, run)
+    results = mifo.build_region_index(embedded, "ground_truth")
+    assert "text search box will not work" in caplog.text
+    assert embedded.list_brain_runs() == [results.key] == [find_run(embedded, "ground_truth", "mi_embedding").brain_key]
+    region = embedded.first().ground_truth.detections[0].id
+    view = embedded.to_patches("ground_truth").sort_by_similarity(region, k=2, brain_key=results.key)
+    assert view.first().ground_truth.id == region
+
+
+def test_index_names_the_zoo_text_model_so_string_queries_work_like_the_app(coco_dataset, tmp_path):
+    """The App's text search box sends the text to the index's own model; with a checkpoint file the
+    index names FiftyOne's open-clip-torch zoo model on it, which embeds a text exactly as we do."""
+    path = save_checkpoint(tmp_path / "tiny.pt", seed=7)
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", model_name="mi-test-tiny", pretrained=path,
+                                   image_size=64, iterations=2)
+    results = mifo.build_region_index(coco_dataset, "ground_truth")
+    assert results.config.model == "open-clip-torch"
+    assert results.config.model_kwargs == {"clip_model": "mi-test-tiny", "pretrained": path, "text_prompt": ""}
+    from fiftyone_maskinversion.fo.runs import backbone_for, find_run
+
+    ours = backbone_for(find_run(coco_dataset, "ground_truth", "mi_embedding")).encode_text(["a chair"])[0]
+    zoo = results.get_model().embed_prompt("a chair")
+    np.testing.assert_allclose(zoo / np.linalg.norm(zoo), ours.numpy(), atol=1e-5)

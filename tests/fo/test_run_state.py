@@ -1,0 +1,274 @@
+"""The state runs leave behind: run identity, resumes, validation before writing, name collisions, random
+weights, search freshness, heatmaps that follow their dataset. Each test is a follow-up a user does next."""
+
+import logging
+
+import fiftyone as fo
+import numpy as np
+from bson import ObjectId
+import pytest
+from fiftyone import ViewField as F
+
+import fiftyone_maskinversion.fo as mifo
+from fiftyone_maskinversion import MaskInverter
+from fiftyone_maskinversion.fo.regions import region_mask
+from fiftyone_maskinversion.fo.runs import backbone_for, find_run
+
+from ..helpers import make_backbone
+
+pytestmark = pytest.mark.slow
+SINGLE = "a photo of a {}."
+
+
+def non_crowd_ids(dataset, field="ground_truth"):
+    return set(dataset.filter_labels(field, F("iscrowd") != 1).values(f"{field}.detections.id", unwind=True))
+
+
+def heatmap_ids(dataset, embeddings_field="mi_embedding", field="ground_truth"):
+    companion = mifo.heatmaps_dataset(dataset)
+    if companion is None:
+        return []
+    view = companion.match((F("embeddings_field") == embeddings_field) & (F("source_field") == field))
+    return view.values("source_label_id")
+
+
+def label_attr(dataset, label_id, name, field="ground_truth"):
+    view = dataset.filter_labels(field, F("_id") == ObjectId(label_id))
+    return view.first()[field].detections[0].get_attribute_value(name, None)
+
+
+@pytest.fixture
+def semantic(coco_dataset):
+    """A Segmentation field 'semantic' of the COCO instances; one class left out of the mask targets."""
+    import fiftyone.utils.labels as foul
+
+    classes = coco_dataset.distinct("ground_truth.detections.label")
+    targets = {i + 1: c for i, c in enumerate(classes)}
+    foul.objects_to_segmentations(coco_dataset, "ground_truth", "semantic", mask_targets=targets)
+    unnamed = 1  # the value of classes[0]: the dataset's targets will not name it
+    coco_dataset.mask_targets = {"semantic": {v: c for v, c in targets.items() if v != unnamed}}
+    coco_dataset.save()
+    return coco_dataset, targets, unnamed
+
+
+def test_a_segmentation_field_is_used_by_its_own_name_everywhere(semantic, tiny, caplog):
+    dataset, targets, unnamed = semantic
+    with caplog.at_level(logging.WARNING):
+        summary = mifo.compute_region_embeddings(dataset, "semantic", backbone=tiny, iterations=2)
+    assert (summary.label_field, summary.regions_field) == ("semantic", "semantic_regions")
+    assert "semantic_regions.mi_embedding" in summary.describe()
+    # a value missing from the mask targets is a region named by its value, with a warning naming it
+    with_unnamed = [s for s in dataset if unnamed in np.unique(s.semantic.get_mask())]
+    assert with_unnamed and "not in the mask targets" in caplog.text and f"[{unnamed}]" in caplog.text
+    for sample in with_unnamed:
+        assert str(unnamed) in {d.label for d in sample.semantic_regions.detections}
+
+    relabel = mifo.zero_shot_relabel(dataset, "semantic", prompt=SINGLE, backbone=tiny)
+    assert relabel.pred_field == "semantic_mi_embedding_relabel"
+    assert relabel.regions == dataset.count("semantic_regions.detections.mi_embedding")
+    assert len(mifo.find_mislabeled(dataset, "semantic")) == relabel.regions
+    assert len(mifo.search_regions(dataset, "semantic", text="a dog", k=3, backbone=tiny)) == 3
+    changed = mifo.apply_relabel(dataset, "semantic", threshold=0.0)
+    assert changed == dataset.count("semantic_regions.detections.mi_original_label")
+    assert mifo.undo_relabel(dataset, "semantic") == changed
+    deleted = mifo.delete_region_results(dataset, "semantic")
+    assert deleted["regions_field"] == "semantic_regions" and not dataset.has_sample_field("semantic_regions")
+    assert deleted["pred_fields"] == ["semantic_mi_embedding_relabel"] and dataset.list_runs() == []
+    assert dataset.has_sample_field("semantic")  # the user's own field stays
+
+
+def test_two_embeddings_families_on_one_field_keep_their_own_outputs(coco_dataset, tiny):
+    expected = non_crowd_ids(coco_dataset)
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, backbone=tiny)
+    first_heatmaps = mifo.heatmaps_dataset(coco_dataset).match(F("embeddings_field") == "mi_embedding")
+    first_maps = {s.source_label_id: s.heatmap.map.copy() for s in first_heatmaps}
+    other = make_backbone(seed=5)
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=other, iterations=3,
+                                   embeddings_field="mi_b")
+    assert sorted(heatmap_ids(coco_dataset)) == sorted(expected) == sorted(heatmap_ids(coco_dataset, "mi_b"))
+    for sample in mifo.heatmaps_dataset(coco_dataset).match(F("embeddings_field") == "mi_embedding"):
+        assert np.array_equal(sample.heatmap.map, first_maps[sample.source_label_id])  # not replaced by mi_b's
+    assert {r.embeddings_field for r in mifo.list_region_runs(coco_dataset)} == {"mi_embedding", "mi_b"}
+
+    deleted = mifo.delete_region_results(coco_dataset, "ground_truth", "mi_b")
+    assert deleted["heatmaps"] == len(expected) and deleted["pred_fields"] == []
+    assert sorted(heatmap_ids(coco_dataset)) == sorted(expected)  # the other family's heatmaps stay
+    assert coco_dataset.has_sample_field("ground_truth_mi_embedding_relabel")
+    assert coco_dataset.count("ground_truth.detections.mi_embedding") == len(expected)
+    assert not coco_dataset.has_field("ground_truth.detections.mi_b")
+    assert [r.embeddings_field for r in mifo.list_region_runs(coco_dataset)] == ["mi_embedding"]
+
+
+def test_a_killed_overwrite_run_resumes_exactly_the_stale_regions(coco_dataset, tiny):
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Stop
+
+    total = len(non_crowd_ids(coco_dataset))
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    with pytest.raises(Stop):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3, overwrite=True,
+                                       batch_size=1, progress=stop_after_two)
+    run = find_run(coco_dataset, "ground_truth", "mi_embedding")
+    done = coco_dataset.count_values("ground_truth.detections.mi_embedding_run").get(run.settings_id)
+    assert 0 < done < total
+    resumed = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
+    assert (resumed.skipped_existing, resumed.computed, resumed.recomputed_stale) == (done, total - done, total - done)
+    runs = coco_dataset.count_values("ground_truth.detections.mi_embedding_run")
+    assert runs.get(run.settings_id) == total and set(runs) <= {run.settings_id, None}  # None: crowd regions
+    sample = coco_dataset.last()  # processed after the kill: must hold the iterations=3 embedding
+    dets = [d for d in sample.ground_truth.detections if not d.iscrowd]
+    width, height = sample.metadata.width, sample.metadata.height
+    direct = MaskInverter(tiny, iterations=3).invert(sample.filepath, [region_mask(d, width, height) for d in dets])
+    for k, det in enumerate(dets):
+        np.testing.assert_allclose(det.mi_embedding, direct.embeddings[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"iterations": -1}, {"alpha": float("inf")},
+                                 {"embeddings_field": "a.b"}, {"embeddings_field": "_hidden"},
+                                 {"batch_size": 0}, {"shard": (3, 2)}, {"blocks": [7]}])
+def test_bad_arguments_write_nothing_and_the_corrected_run_starts(coco_dataset, tiny, bad):
+    fields_before = set(coco_dataset.get_field_schema(flat=True))
+    with pytest.raises(ValueError):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, **{"iterations": 2, **bad})
+    assert coco_dataset.list_runs() == [] and set(coco_dataset.get_field_schema(flat=True)) == fields_before
+    assert mifo.heatmaps_dataset(coco_dataset) is None
+    summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    assert summary.computed == len(non_crowd_ids(coco_dataset))
+
+
+@pytest.mark.parametrize("name", ["mask", "label", "bounding_box", "iscrowd", "tags", "confidence", "note"])
+def test_embeddings_field_never_overwrites_label_data(coco_dataset, tiny, name):
+    sample = coco_dataset.first()
+    sample.ground_truth.detections[0]["note"] = "an annotator's note"  # an undeclared attribute
+    sample.save()
+    masks_before = [d.mask.copy() for d in sample.ground_truth.detections]
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="embeddings_field|already hold"):
+            mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2,
+                                           embeddings_field=name, overwrite=overwrite)
+    sample.reload()
+    assert all(np.array_equal(a, d.mask) for a, d in zip(masks_before, sample.ground_truth.detections))
+    assert sample.ground_truth.detections[0].note == "an annotator's note" and coco_dataset.list_runs() == []
+
+
+def test_a_name_another_run_writes_is_refused(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2, embeddings_field="x")
+    with pytest.raises(ValueError, match="written by the run of 'x'"):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2,
+                                       embeddings_field="x_dice", overwrite=True)
+    with pytest.raises(ValueError, match="holds data this run did not write"):
+        mifo.zero_shot_relabel(coco_dataset, "ground_truth", "x", pred_field="ground_truth", overwrite=True,
+                               backbone=tiny)
+    assert coco_dataset.count("ground_truth.detections") > 0 and coco_dataset.count("ground_truth.detections.x_dice")
+
+
+def test_random_weights_are_one_model_or_refused(coco_dataset, tiny):
+    with pytest.raises(ValueError, match="random weights"):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", model_name="mi-test-tiny", pretrained=None,
+                                       image_size=64)
+    assert coco_dataset.list_runs() == []
+    first = coco_dataset.limit(2)
+    mifo.compute_region_embeddings(first, "ground_truth", backbone=tiny, iterations=2)
+    other = make_backbone(seed=1)  # same architecture and size, other weights
+    with pytest.raises(ValueError, match="other settings .*weights_id"):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=other, iterations=2)
+    run = find_run(coco_dataset, "ground_truth", "mi_embedding")
+    with pytest.raises(ValueError, match="weights_id"):
+        backbone_for(run, other)
+    with pytest.raises(ValueError, match="cannot be reloaded"):
+        mifo.zero_shot_relabel(coco_dataset, "ground_truth")
+    assert backbone_for(run, make_backbone(seed=0)) is not None  # equal weights are accepted
+
+
+def test_search_sees_every_region_computed_since_and_ranks_by_cosine(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset.limit(2), "ground_truth", backbone=tiny, iterations=2)
+    mifo.build_region_index(coco_dataset, "ground_truth")
+    first = mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
+    assert len(first) == coco_dataset.count("ground_truth.detections.mi_embedding")
+    summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    assert summary.index_removed and coco_dataset.list_brain_runs() == []  # the outdated index is gone
+    everything = mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
+    assert len(everything) == len(non_crowd_ids(coco_dataset)) > len(first)
+    _, ranked = mifo.rank_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
+    query = tiny.encode_text(["a dog"])[0].numpy()
+    for label_id, score in ranked:
+        emb = label_attr(coco_dataset, label_id, "mi_embedding")
+        assert score == pytest.approx(float(emb @ query / np.linalg.norm(emb)), abs=1e-5)
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    assert everything.values("ground_truth.id") == [i for i, _ in ranked]
+    crowd = coco_dataset.filter_labels("ground_truth", F("iscrowd") == 1).values("ground_truth.detections.id",
+                                                                                  unwind=True)
+    with pytest.raises(ValueError, match="has no embedding"):
+        mifo.search_regions(coco_dataset, "ground_truth", region_id=crowd[0] if crowd else "0" * 24)
+
+
+def test_heatmaps_follow_rename_clone_and_delete(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    expected = sorted(heatmap_ids(coco_dataset))
+    coco_dataset.name = coco_dataset.name + "-renamed"
+    assert sorted(heatmap_ids(coco_dataset)) == expected
+
+    for clone in (coco_dataset.clone(), coco_dataset.limit(2).clone()):  # a dataset clone, a view clone
+        try:
+            clone_ids = non_crowd_ids(clone)
+            mifo.zero_shot_relabel(clone, "ground_truth", prompt=SINGLE, backbone=tiny)  # first use adopts the run
+            assert sorted(heatmap_ids(clone)) == sorted(clone_ids)
+            assert mifo.heatmaps_dataset(clone).name != mifo.heatmaps_dataset(coco_dataset).name
+            again = mifo.compute_region_embeddings(clone, "ground_truth", backbone=tiny, iterations=2)
+            assert again.computed == 0 and again.skipped_existing == len(clone_ids)  # the same run, resumed
+            mifo.delete_region_results(clone, "ground_truth")
+            assert sorted(heatmap_ids(coco_dataset)) == expected  # the original's heatmaps are untouched
+        finally:
+            clone.delete()
+    name = mifo.heatmaps_dataset(coco_dataset).name
+    orphan = fo.Dataset()
+    orphan_companion = mifo.heatmaps_dataset(orphan, create=True).name
+    orphan.delete()
+    assert orphan_companion in mifo.delete_orphaned_heatmaps() and not fo.dataset_exists(orphan_companion)
+    assert fo.dataset_exists(name)  # a live dataset's companion stays
+
+
+def test_a_failed_overwrite_removes_the_old_heatmap(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    sample = coco_dataset.first()
+    det = next(d for d in sample.ground_truth.detections if not d.iscrowd)
+    det.mask = np.zeros_like(det.mask)  # the region now has an empty mask
+    sample.save()
+    assert det.id in heatmap_ids(coco_dataset)
+    summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2, overwrite=True)
+    assert [label_id for _, label_id, _ in summary.failed] == [det.id]
+    assert det.id not in heatmap_ids(coco_dataset) and label_attr(coco_dataset, det.id, "mi_embedding") is None
+
+
+def test_relabels_reach_the_heatmaps_companion(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
+    mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, backbone=tiny)
+    assert mifo.apply_relabel(coco_dataset, "ground_truth", threshold=0.0) > 0
+    current = dict(zip(coco_dataset.values("ground_truth.detections.id", unwind=True),
+                       coco_dataset.values("ground_truth.detections.label", unwind=True)))
+    for sample in mifo.heatmaps_dataset(coco_dataset):
+        assert sample.label == sample.ground_truth.detections[0].label == current[sample.source_label_id]
+    mifo.undo_relabel(coco_dataset, "ground_truth")
+    restored = dict(zip(coco_dataset.values("ground_truth.detections.id", unwind=True),
+                        coco_dataset.values("ground_truth.detections.label", unwind=True)))
+    assert all(s.label == restored[s.source_label_id] for s in mifo.heatmaps_dataset(coco_dataset))
+
+
+def test_zero_area_polygons_are_reported(coco_dataset, tiny):
+    sample = coco_dataset.first()
+    sample["polys"] = fo.Polylines(polylines=[
+        fo.Polyline(label="line", points=[[(0.1, 0.1), (0.5, 0.5), (0.9, 0.9)]], closed=True, filled=True),
+        fo.Polyline(label="dot", points=[[(0.3, 0.3), (0.3, 0.3), (0.3, 0.3)]]),
+        fo.Polyline(label="square", points=[[(0.1, 0.1), (0.4, 0.1), (0.4, 0.4), (0.1, 0.4)]]),
+    ])
+    sample.save()
+    summary = mifo.compute_region_embeddings(coco_dataset, "polys", backbone=tiny, iterations=2)
+    reasons = {label_id: reason for _, label_id, reason in summary.failed}
+    line, dot, square = sample.polys.polylines
+    assert "encloses no area" in reasons[line.id] and "encloses no area" in reasons[dot.id]
+    assert summary.computed == 1 and square.id not in reasons
