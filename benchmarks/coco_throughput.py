@@ -14,8 +14,8 @@ from pathlib import Path
 import fiftyone as fo
 import torch
 
-import fiftyone_maskinversion as fmi
-from fiftyone_maskinversion.dataset import heatmaps_dataset_name
+import fiftyone_maskinversion.fo as mifo
+from fiftyone_maskinversion import load_backbone
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-val2017-mini"
 
@@ -37,9 +37,10 @@ def main() -> None:
     )
     try:
         start = time.perf_counter()
-        summary = fmi.compute_region_embeddings(
-            dataset, "ground_truth", model_name=args.model, pretrained=args.pretrained or None,
-            image_size=args.image_size,
+        # random weights go in as a backbone object (a dataset run refuses to draw them itself)
+        backbone = load_backbone(args.model, pretrained=args.pretrained or None, image_size=args.image_size)
+        summary = mifo.compute_region_embeddings(
+            dataset, "ground_truth", backbone=backbone,
             progress=lambda d, t: print(f"\r{d}/{t} images, {time.perf_counter() - start:7.0f} s", end="", flush=True),
         )
         wall = time.perf_counter() - start
@@ -48,8 +49,9 @@ def main() -> None:
         print(f"{wall:.0f} s wall (model load included) -> {60 * summary.computed / wall:.1f} regions/min, "
               f"{wall / len(dataset):.2f} s/image")
     finally:
-        if fo.dataset_exists(heatmaps_dataset_name(dataset.name)):
-            fo.delete_dataset(heatmaps_dataset_name(dataset.name))
+        companion = mifo.heatmaps_dataset(dataset)
+        if companion is not None:
+            companion.delete()
         dataset.delete()
 
 

@@ -15,9 +15,8 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")  # no analytics banner ov
 import fiftyone as fo  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-import fiftyone_maskinversion as fmi
-from fiftyone_maskinversion.dataset import heatmaps_dataset_name
-from fiftyone_maskinversion.demo import DEMO_DATASET
+import fiftyone_maskinversion.fo as mifo  # noqa: E402
+from fiftyone_maskinversion.demo import DEMO_DATASET  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "screenshots"
 PORT = 5159
@@ -27,7 +26,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 def main() -> None:
     dataset = fo.load_dataset(DEMO_DATASET)
-    heatmaps = fo.load_dataset(heatmaps_dataset_name(DEMO_DATASET))
+    heatmaps = mifo.heatmaps_dataset(dataset)
     session = fo.launch_app(heatmaps, port=PORT, address="127.0.0.1", auto=False)
     OUT.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -39,8 +38,8 @@ def main() -> None:
             page.get_by_text("Dismiss", exact=True).first.click()
         shots = [
             ("heatmaps.png", heatmaps.sort_by("dice", reverse=True)),
-            ("mislabeled.png", fmi.find_mislabeled(dataset, "ground_truth")),
-            ("search.png", fmi.search_regions(dataset, "ground_truth", text="a photo of a red circle", k=12)),
+            ("mislabeled.png", mifo.find_mislabeled(dataset, "ground_truth")),
+            ("search.png", mifo.search_regions(dataset, "ground_truth", text="a photo of a red circle", k=12)),
         ]
         for name, view in shots:
             session.view = view

@@ -53,6 +53,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_compute(args) -> None:
+    shard, blocks = _shard(args.shard), _blocks(args.blocks)  # checked before FiftyOne starts
     from .fo import compute_region_embeddings
 
     summary = compute_region_embeddings(
@@ -67,10 +68,10 @@ def cmd_compute(args) -> None:
         embeddings_field=args.embeddings_field,
         overwrite=args.overwrite,
         include_crowd=args.include_crowd,
-        blocks=_blocks(args.blocks),
+        blocks=blocks,
         batch_size=args.batch_size,
         device=args.device,
-        shard=_shard(args.shard),
+        shard=shard,
         progress=_progress,
     )
     print(summary.describe())

@@ -159,15 +159,12 @@ class ComputeRegionEmbeddings(_Delegable):
 
 def _queue_shards(ctx, uri, shards):
     """Queue one delegated operation per shard, for `fiftyone delegated launch` workers to share; each
-    shard gets the same view, selection and target as the form."""
+    shard's view is the form's target (selection included), resolved here."""
+    target = ctx.target_view().view()  # a view even when the target is the whole dataset
     for index in range(shards):
-        params = dict(ctx.params, shard_index=index, delegate=True)
-        foo.execute_operator(
-            uri,
-            ctx={"dataset": ctx.dataset.name, "view": ctx.view, "selected": list(ctx.selected or []),
-                 "params": params},
-            request_delegation=True,
-        )
+        params = dict(ctx.params, shard_index=index, delegate=True, view_target="CURRENT_VIEW")
+        foo.execute_operator(uri, ctx={"dataset": ctx.dataset.name, "view": target, "params": params},
+                             request_delegation=True)
     return {"queued_shards": shards}
 
 

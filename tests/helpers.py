@@ -61,6 +61,19 @@ def save_checkpoint(path, name="mi-test-tiny", seed=0) -> str:
     return str(path)
 
 
+class Interrupted(Exception):
+    """Raised by :func:`interrupt_after` to stop a run half-way, as a kill would."""
+
+
+def interrupt_after(count: int):
+    """A progress callback that interrupts a run once ``count`` samples are done."""
+    def progress(done: int, total: int) -> None:
+        if done == count:
+            raise Interrupted
+
+    return progress
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -95,6 +108,7 @@ def configure_fiftyone() -> None:
     import importlib.util
 
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # no notice about the bundled mongod's age
     # locate the binary without importing fiftyone
     mongod_bin = Path(importlib.util.find_spec("fiftyone").origin).parent / "db" / "bin" / "mongod"
     port = free_port()

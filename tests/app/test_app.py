@@ -3,23 +3,19 @@ see the new fields, and see a per-instance heatmap render. Screenshots are kept 
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import fiftyone as fo
-from fiftyone import ViewField as F
 import numpy as np
 import pytest
-import torch
+from fiftyone import ViewField as F
 from PIL import Image
 
-import fiftyone_maskinversion as fmi
-from fiftyone_maskinversion.dataset import heatmaps_dataset_name
+import fiftyone_maskinversion.fo as mifo
 
-from .conftest import REPO, free_port, load_coco, make_backbone
+from ..helpers import REPO, delete_with_heatmaps, free_port, load_coco, save_checkpoint, wait_for_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,21 +25,14 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
 
 
 @pytest.fixture
-def app_url(mongod, tmp_path):
+def app_url(tmp_path):
     port = free_port()
     log = open(tmp_path / "app.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address", "127.0.0.1"],
         stdout=log, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()
-            time.sleep(0.5)
+    wait_for_port(port, server, 120, "the App server", tmp_path / "app.log")
     yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=30)
@@ -83,8 +72,7 @@ def _grid(page, name):
 
 def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, tmp_path):
     dataset = load_coco(2, persistent=True)
-    checkpoint = tmp_path / "tiny.pt"
-    torch.save(make_backbone("mi-test-tiny", seed=1).model.state_dict(), checkpoint)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", seed=1)
     try:
         _open(page, f"{app_url}/datasets/{dataset.name}")
         page.keyboard.press("`")
@@ -92,10 +80,11 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         page.get_by_text("MaskInversion: compute region embeddings").first.click()
         page.wait_for_selector("input[value='ViT-B-16']", timeout=30_000)
         page.locator("input[value='ViT-B-16']").fill("mi-test-tiny")
-        page.locator("input[value='openai']").fill(str(checkpoint))
+        page.locator("input[value='openai']").fill(checkpoint)
         page.locator("input[value='448']").fill("64")
         page.locator("input[value='10']").fill("2")
         _grid(page, "app-operator-form.png")
+        assert page.get_by_text("Required property").count() == 0  # the form opens (and stays) clean
         page.get_by_role("button", name="Execute").click()
 
         expected = dataset.filter_labels("ground_truth", F("iscrowd") != 1).count("ground_truth.detections")
@@ -109,7 +98,7 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         time.sleep(2)  # let the sidebar finish expanding
         _grid(page, "app-fields.png")
 
-        heat = fmi.heatmaps_dataset(dataset)
+        heat = mifo.heatmaps_dataset(dataset)
         assert len(heat) == dataset.count("ground_truth.detections.mi_embedding")
         _open(page, f"{app_url}/datasets/{heat.name}")
         time.sleep(3)
@@ -120,6 +109,4 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         # the heatmap overlay changes the rendered grid substantially
         assert np.abs(with_heatmap - without_heatmap).mean() > 3.0
     finally:
-        if fo.dataset_exists(heatmaps_dataset_name(dataset.name)):
-            fo.delete_dataset(heatmaps_dataset_name(dataset.name))
-        dataset.delete()
+        delete_with_heatmaps(dataset)

@@ -11,7 +11,7 @@ import fiftyone_maskinversion.fo as mifo
 from fiftyone_maskinversion import MaskInverter
 from fiftyone_maskinversion.fo.regions import region_mask
 
-from ..helpers import COCO_DIR, save_checkpoint
+from ..helpers import COCO_DIR, Interrupted, interrupt_after, save_checkpoint
 
 PRED = "ground_truth_mi_embedding_relabel"  # the default predictions field of the default run
 
@@ -82,16 +82,9 @@ def test_rerun_skips_done_regions_and_detects_other_settings(coco_dataset, tiny)
 
 
 def test_interrupted_run_resumes_without_duplicates(coco_dataset, tiny):
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(done, total):
-        if done == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
+    with pytest.raises(Interrupted):
         mifo.compute_region_embeddings(
-            coco_dataset, "ground_truth", backbone=tiny, iterations=2, batch_size=1, progress=stop_after_two
+            coco_dataset, "ground_truth", backbone=tiny, iterations=2, batch_size=1, progress=interrupt_after(2)
         )
     resumed = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     total = non_crowd(coco_dataset)

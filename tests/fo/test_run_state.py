@@ -14,7 +14,7 @@ from fiftyone_maskinversion import MaskInverter
 from fiftyone_maskinversion.fo.regions import region_mask
 from fiftyone_maskinversion.fo.runs import backbone_for, find_run
 
-from ..helpers import make_backbone
+from ..helpers import Interrupted, interrupt_after, make_backbone
 
 pytestmark = pytest.mark.slow
 SINGLE = "a photo of a {}."
@@ -101,18 +101,11 @@ def test_two_embeddings_families_on_one_field_keep_their_own_outputs(coco_datase
 
 
 def test_a_killed_overwrite_run_resumes_exactly_the_stale_regions(coco_dataset, tiny):
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(done, total):
-        if done == 2:
-            raise Stop
-
     total = len(non_crowd_ids(coco_dataset))
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
-    with pytest.raises(Stop):
+    with pytest.raises(Interrupted):
         mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3, overwrite=True,
-                                       batch_size=1, progress=stop_after_two)
+                                       batch_size=1, progress=interrupt_after(2))
     run = find_run(coco_dataset, "ground_truth", "mi_embedding")
     done = coco_dataset.count_values("ground_truth.detections.mi_embedding_run").get(run.settings_id)
     assert 0 < done < total

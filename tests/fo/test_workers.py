@@ -7,15 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
-import torch
 from fiftyone import ViewField as F
 
-import fiftyone_maskinversion as fmi
+import fiftyone_maskinversion.fo as mifo
 
-from .conftest import load_coco, make_backbone
+from ..helpers import delete_with_heatmaps, load_coco, save_checkpoint
 
 pytestmark = pytest.mark.slow
 PLUGIN = "@fiftyone-maskinversion/maskinversion"
@@ -25,28 +23,24 @@ FIFTYONE_CLI = str(Path(sys.executable).with_name("fiftyone"))
 @pytest.fixture
 def checkpoint(tmp_path):
     """A tiny model saved as a checkpoint file: every process can load the same weights by path."""
-    path = tmp_path / "tiny.pt"
-    torch.save(make_backbone("mi-test-tiny", seed=3).model.state_dict(), path)
-    return str(path)
+    return save_checkpoint(tmp_path / "tiny.pt", seed=3)
 
 
 @pytest.fixture
-def persistent_coco(mongod):
+def persistent_coco():
     dataset = load_coco(6, persistent=True)
     yield dataset
-    name = fmi.heatmaps_dataset(dataset).name
-    fo.delete_dataset(name)
-    dataset.delete()
+    delete_with_heatmaps(dataset)
 
 
 def expected_regions(dataset):
     return dataset.filter_labels("ground_truth", F("iscrowd") != 1).count("ground_truth.detections")
 
 
-def assert_every_region_once(dataset):
-    total = expected_regions(dataset)
+def assert_every_region_once(dataset, expected=None):
+    total = expected_regions(dataset) if expected is None else expected
     assert dataset.count("ground_truth.detections.mi_embedding") == total
-    heat = fmi.heatmaps_dataset(dataset)
+    heat = mifo.heatmaps_dataset(dataset)
     assert len(heat) == total == len(set(heat.values("source_label_id")))
 
 
@@ -73,42 +67,60 @@ def test_kill_9_half_way_then_resume(persistent_coco, checkpoint):
     assert_every_region_once(persistent_coco)
 
 
+def run_delegated(dataset, tmp_path, workers=2):
+    """Start ``workers`` `fiftyone delegated launch` processes until every queued operation has ended."""
+    logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(workers)]
+    procs = [subprocess.Popen([FIFTYONE_CLI, "delegated", "launch"], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True) for log in logs]
+    service = foo.delegated.DelegatedOperationService()
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            ops = service.list_operations(dataset_name=dataset.name)
+            states = [op.run_state for op in ops]
+            if all(state in ("completed", "failed") for state in states):
+                break
+            assert time.monotonic() < deadline, (states, [(tmp_path / f"worker{i}.log").read_text()[-3000:]
+                                                          for i in range(workers)])
+            time.sleep(1)
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for op in ops:
+        service.delete_operation(op.id)
+    return ops
+
+
+def test_queued_shards_keep_the_selected_samples(persistent_coco, checkpoint, tmp_path):
+    selected = persistent_coco.skip(1).first().id
+    params = {"label_field": "ground_truth", "model_name": "mi-test-tiny", "pretrained": checkpoint,
+              "image_size": 64, "iterations": 2, "num_shards": 2, "view_target": "SELECTED_SAMPLES"}
+    queued = foo.execute_operator(f"{PLUGIN}/compute_region_embeddings",
+                                  ctx={"dataset": persistent_coco.name, "selected": [selected], "params": params})
+    assert queued.result == {"queued_shards": 2}
+    ops = run_delegated(persistent_coco, tmp_path, workers=1)
+    assert all(op.run_state == "completed" for op in ops), [op.result for op in ops]
+    assert sum(op.result.result["samples"] for op in ops) == 1  # the selection, not the 6 samples
+    chosen = persistent_coco.select(selected)
+    assert persistent_coco.count("ground_truth.detections.mi_embedding") == expected_regions(chosen) > 0
+
+
 def test_two_delegated_workers_share_the_shards(persistent_coco, checkpoint, tmp_path):
     params = {
         "label_field": "ground_truth", "model_name": "mi-test-tiny", "pretrained": checkpoint,
-        "image_size": 64, "iterations": 3, "num_shards": 4, "target": "DATASET",
+        "image_size": 64, "iterations": 3, "num_shards": 4, "view_target": "DATASET",
     }
     queued = foo.execute_operator(
         f"{PLUGIN}/compute_region_embeddings", ctx={"dataset": persistent_coco.name, "params": params}
     )
     assert queued.result == {"queued_shards": 4}
-    logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]
-    workers = [
-        subprocess.Popen([FIFTYONE_CLI, "delegated", "launch"], stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-        for log in logs
-    ]
-    service = foo.delegated.DelegatedOperationService()
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            ops = service.list_operations(dataset_name=persistent_coco.name)
-            states = [op.run_state for op in ops]
-            if all(state in ("completed", "failed") for state in states):
-                break
-            assert time.monotonic() < deadline, (states, [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)])
-            time.sleep(1)
-    finally:
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGKILL)
+    ops = run_delegated(persistent_coco, tmp_path)
     assert len(ops) == 4 and all(op.run_state == "completed" for op in ops), [op.result for op in ops]
     results = [op.result.result for op in ops]
     print(results)
     assert sum(r["computed"] for r in results) == expected_regions(persistent_coco)
     assert len({r["worker"] for r in results}) == 2  # both workers took shards
     assert_every_region_once(persistent_coco)
-    for op in ops:
-        service.delete_operation(op.id)
 
 
 def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
@@ -119,36 +131,36 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
                  "search_regions", "delete_region_results"):
         assert f"{PLUGIN}/{name}" in listing
 
-    ctx = {"dataset": coco_dataset.name, "view": coco_dataset.view()}
-    params = {"label_field": "ground_truth", "model_name": "mi-test-tiny", "pretrained": checkpoint,
-              "image_size": 64, "iterations": 2, "target": "DATASET"}
-    result = foo.execute_operator(f"{PLUGIN}/compute_region_embeddings", ctx={**ctx, "params": params}).result
-    assert result["computed"] == coco_dataset.count("ground_truth.detections.mi_embedding") > 0
-    result = foo.execute_operator(
-        f"{PLUGIN}/zero_shot_relabel", ctx={**ctx, "params": {"label_field": "ground_truth", "prompt": "a photo of a {}."}}
-    ).result
-    assert result["regions"] == result_regions(coco_dataset)
-    result = foo.execute_operator(
-        f"{PLUGIN}/apply_relabel", ctx={**ctx, "params": {"label_field": "ground_truth", "threshold": 0.0}}
-    ).result
-    assert result["changed"] == coco_dataset.count("ground_truth.detections.mi_original_label")
-    result = foo.execute_operator(
-        f"{PLUGIN}/apply_relabel", ctx={**ctx, "params": {"label_field": "ground_truth", "undo": True}}
-    ).result
-    assert coco_dataset.count("ground_truth.detections.mi_original_label") == 0
-    result = foo.execute_operator(
-        f"{PLUGIN}/search_regions", ctx={**ctx, "params": {"label_field": "ground_truth", "text": "a dog", "k": 4}}
-    ).result
-    assert result["regions"] == 4
-    result = foo.execute_operator(
-        f"{PLUGIN}/find_mislabeled", ctx={**ctx, "params": {"label_field": "ground_truth"}}
-    ).result
-    assert result["regions"] == result_regions(coco_dataset)
-    result = foo.execute_operator(
-        f"{PLUGIN}/delete_region_results", ctx={**ctx, "params": {"label_field": "ground_truth"}}
-    ).result
+    def run(operator, **params):
+        ctx = {"dataset": coco_dataset.name, "view": coco_dataset.view(), "params": params}
+        return foo.execute_operator(f"{PLUGIN}/{operator}", ctx=ctx).result
+
+    regions = expected_regions(coco_dataset)
+    result = run("compute_region_embeddings", label_field="ground_truth", model_name="mi-test-tiny",
+                 pretrained=checkpoint, image_size=64, iterations=2, blocks="-2,-1")
+    assert result["computed"] == regions == coco_dataset.count("ground_truth.detections.mi_embedding")
+    assert result["samples"] == len(coco_dataset) and result["failed"] == 0
+    (record,) = mifo.list_region_runs(coco_dataset)
+    assert record.settings["blocks"] == [0, 1] and record.settings["iterations"] == 2  # the form's values arrived
+
+    result = run("zero_shot_relabel", label_field="ground_truth", prompt="a photo of a {}.")
+    pred_field = "ground_truth_mi_embedding_relabel"
+    assert result == {"pred_field": pred_field, "regions": regions,
+                      "changed": sum(p.label != p.gt_label for p in coco_dataset.values(f"{pred_field}.detections",
+                                                                                    unwind=True))}
+    result = run("apply_relabel", label_field="ground_truth", threshold=0.0)
+    assert result["changed"] == coco_dataset.count("ground_truth.detections.mi_original_label") == \
+        sum(p.label != p.gt_label for p in coco_dataset.values(f"{pred_field}.detections", unwind=True))
+    restored = result["changed"]
+    result = run("apply_relabel", label_field="ground_truth", undo=True)
+    assert result["changed"] == restored and coco_dataset.count("ground_truth.detections.mi_original_label") == 0
+    assert coco_dataset.distinct("ground_truth.detections.label") == sorted(
+        {p.gt_label for p in coco_dataset.values(f"{pred_field}.detections", unwind=True)}
+        | set(coco_dataset.filter_labels("ground_truth", F("iscrowd") == 1).distinct("ground_truth.detections.label")))
+    assert run("search_regions", label_field="ground_truth", text="a dog", k=4) == {"regions": 4}
+    assert run("find_mislabeled", label_field="ground_truth") == {"regions": regions}
+
+    result = run("delete_region_results", label_field="ground_truth")
+    assert result == {"deleted_attributes": 5, "deleted_heatmaps": regions, "deleted_pred_fields": 1}
     assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
-
-
-def result_regions(dataset):
-    return dataset.count("ground_truth_mi_relabel.detections")
+    assert mifo.heatmaps_dataset(coco_dataset) is None and not coco_dataset.has_sample_field(pred_field)

@@ -1,0 +1,66 @@
+"""The ``maskinversion`` command as a user types it: a whole run by name, and one clear line per error."""
+
+import subprocess
+import sys
+
+import pytest
+from fiftyone import ViewField as F
+
+from ..helpers import delete_with_heatmaps, load_coco, save_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "fiftyone_maskinversion.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and lines[-1].startswith("maskinversion: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.fixture
+def dataset():
+    dataset = load_coco(2, persistent=True)
+    yield dataset
+    delete_with_heatmaps(dataset)
+
+
+def test_a_run_by_name_then_its_follow_up_commands(dataset, tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", seed=2)
+    name = dataset.name
+    computed = cli("compute", name, "--label-field", "ground_truth", "--model", "mi-test-tiny", "--pretrained",
+                   checkpoint, "--image-size", "64", "--iterations", "2", "--blocks=-1", "--shard", "0/1")
+    assert computed.returncode == 0, computed.stderr
+    regions = dataset.filter_labels("ground_truth", F("iscrowd") != 1).count("ground_truth.detections")
+    assert f"computed {regions} " in computed.stdout and "ground_truth.mi_embedding_dice" in computed.stdout
+    relabel = cli("relabel", name, "--label-field", "ground_truth", "--prompt", "a photo of a {}.")
+    assert relabel.returncode == 0 and f"wrote {regions} predictions" in relabel.stdout, relabel.stderr
+    search = cli("search", name, "--label-field", "ground_truth", "--text", "a dog", "--k", "3")
+    assert search.returncode == 0 and len(search.stdout.strip().splitlines()) == 3, search.stderr
+    scores = [float(line.split()[0]) for line in search.stdout.strip().splitlines()]
+    assert scores == sorted(scores, reverse=True)
+    crowd = dataset.filter_labels("ground_truth", F("iscrowd") == 1).values("ground_truth.detections.id", unwind=True)
+    not_embedded = crowd[0] if crowd else "0" * 24
+    assert_one_line_error(cli("search", name, "--label-field", "ground_truth", "--region-id", not_embedded),
+                          "has no embedding")
+    runs = cli("runs", name)
+    assert runs.returncode == 0 and "mi-test-tiny" in runs.stdout and "ground_truth_mi_embedding_relabel" in runs.stdout
+
+
+@pytest.mark.parametrize("shard", ["3", "1", "2/2", "a/b"])
+def test_bad_shards_are_one_line_errors(dataset, shard):
+    assert_one_line_error(cli("compute", dataset.name, "--label-field", "ground_truth", "--shard", shard), "--shard")
+
+
+def test_other_errors_are_one_line_too(dataset):
+    assert_one_line_error(cli("compute", "no-such-dataset", "--label-field", "ground_truth"), "no FiftyOne dataset")
+    assert_one_line_error(cli("compute", dataset.name, "--label-field", "ground_truth", "--model", "mi-test-tiny",
+                              "--pretrained", "", "--image-size", "64"), "random weights")
+    assert_one_line_error(cli("relabel", dataset.name, "--label-field", "ground_truth"), "no region embeddings")
+    assert dataset.list_runs() == []
