@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from . import defaults
+from .core.precision import PRECISIONS
 
 
 class CommandError(Exception):
@@ -69,6 +70,7 @@ def cmd_compute(args) -> None:
         overwrite=args.overwrite,
         include_crowd=args.include_crowd,
         blocks=blocks,
+        precision=args.precision,
         batch_size=args.batch_size,
         device=args.device,
         shard=shard,
@@ -152,7 +154,8 @@ def cmd_runs(args) -> None:
     for run in list_region_runs(_dataset(args.dataset)):
         s = run.settings
         print(f"{run.key}: {run.describe()}; {s['model_name']} / {s['pretrained']} @ {s['image_size']} px, "
-              f"{s['activation']}, {s['iterations']} it, lr {s['lr']}, alpha {s['alpha']}, blocks {s['blocks']}; "
+              f"{s['activation']}, {s['precision']}, {s['iterations']} it, lr {s['lr']}, alpha {s['alpha']}, "
+              f"blocks {s['blocks']}; "
               f"predictions {run.pred_fields}, index {run.brain_key}")
 
 
@@ -188,7 +191,7 @@ def cmd_eval(args) -> None:
     results = run(backbone, folder, Path(args.out), tasks=tasks,
                   methods=args.methods.split(",") if args.methods else None, refs=refs,
                   max_images=args.max_images, iterations=args.iterations, lr=args.lr, noise=args.noise,
-                  blocks=blocks, title=args.title)
+                  blocks=blocks, precision=args.precision, title=args.title)
     print((Path(args.out) / "results.md").read_text())
     print(f"written: {args.out}/results.md, results.json, results.png ({results['images']} images)")
 
@@ -209,6 +212,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=defaults.ITERATIONS)
     parser.add_argument("--lr", type=float, default=defaults.LR)
     parser.add_argument("--blocks", default=None, help="explained blocks, e.g. -2,-1 (default: the last)")
+    parser.add_argument("--precision", default=defaults.PRECISION, choices=PRECISIONS,
+                        help="fp32 (exact), bf16-mixed (faster, approximate), or auto (see the README)")
     parser.add_argument("--device", default=None)
 
 

@@ -14,6 +14,7 @@ ALPHA = 0.0  # the regulariser towards the image embedding; the paper uses 5 for
 REFER_ALPHA = 5.0
 BLOCKS: Optional[Tuple[int, ...]] = None  # explained blocks; None = the last block only
 ENGINE = "fast"
+PRECISION = "auto"  # see core.precision: fp32 until bf16-mixed is measured within cosine 0.999 of it
 
 # FiftyOne layer
 EMBEDDINGS_FIELD = "mi_embedding"

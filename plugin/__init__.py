@@ -7,6 +7,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_maskinversion import defaults
+from fiftyone_maskinversion.core.precision import PRECISIONS
 from fiftyone_maskinversion.fo import (
     apply_relabel,
     compute_region_embeddings,
@@ -101,6 +102,12 @@ class ComputeRegionEmbeddings(_Delegable):
             inputs.float("alpha", default=defaults.ALPHA, label="Regularisation alpha (5 for referring expressions)")
             inputs.str("blocks", default="", label="Explained blocks",
                        description="comma-separated block indices, e.g. -2,-1 (empty: the last block)")
+            precisions = types.RadioGroup()
+            for value in PRECISIONS:
+                precisions.add_choice(value, label=value)
+            inputs.enum("precision", precisions.values(), default=defaults.PRECISION, label="Precision",
+                        description="fp32 is exact; bf16-mixed is faster and approximate (see the README)",
+                        view=precisions)
             _embeddings_field_input(ctx, inputs)
             inputs.bool("overwrite", default=False, label="Recompute regions that already have an embedding?")
             inputs.bool("include_crowd", default=False, label="Embed crowd regions (iscrowd=1) too?")
@@ -125,6 +132,7 @@ class ComputeRegionEmbeddings(_Delegable):
             lr=float(params.get("lr", defaults.LR)),
             alpha=float(params.get("alpha", defaults.ALPHA)),
             blocks=_blocks(params.get("blocks")),
+            precision=params.get("precision", defaults.PRECISION),
             embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
             overwrite=bool(params.get("overwrite", False)),
             include_crowd=bool(params.get("include_crowd", False)),

@@ -16,10 +16,13 @@ from .block_state import capture_image_state, resolve_blocks
 from .inputs import ImageInput, MaskInput, load_rgb, prepare_masks
 from .legrad import ENGINES, make_engine, relevance_to_maps
 from .metrics import binary_iou, soft_dice_loss
+from .precision import resolve_precision
 
 # Engine work memory per chunk of masks. On the CPU one mask at a time is fastest (the n x n
-# attention-gradient buffers of one ViT-B-16/448 mask already exceed the caches); GPUs want batches.
-DEFAULT_MEMORY_BUDGET = {"cpu": 1 << 27, "cuda": 4 << 30}
+# attention-gradient buffers of one ViT-B-16/448 mask already exceed the caches); on CUDA a chunk may
+# take this share of the memory free when the image's masks start (GPUs want large batches).
+CPU_MEMORY_BUDGET = 1 << 27
+CUDA_FREE_MEMORY_SHARE = 0.5
 
 
 @dataclass
@@ -58,7 +61,11 @@ class MaskInverter:
         engine: str = defaults.ENGINE,
         blocks: Optional[Sequence[int]] = defaults.BLOCKS,
         memory_budget: Optional[int] = None,
+        precision: str = defaults.PRECISION,
     ):
+        """``precision``: "fp32" (exact), "bf16-mixed" (bf16 operands in the per-token MLP/projection
+        GEMMs, the rest fp32) or "auto" (bf16-mixed where the device multiplies bf16 natively, and with
+        the fast engine only); ``self.precision`` is the resolved one."""
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
         check_method(iterations, lr, alpha)
@@ -68,7 +75,11 @@ class MaskInverter:
         self.alpha = alpha
         self.engine = engine
         self.blocks = resolve_blocks(backbone, blocks)
-        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET.get(backbone.device.type, 1 << 30)
+        self.precision = "fp32" if engine == "autograd" and precision == "auto" else resolve_precision(
+            precision, backbone.device)
+        if engine == "autograd" and self.precision != "fp32":
+            raise ValueError("the autograd engine is the fp32 reference: use precision='fp32' or 'auto' with it")
+        self.memory_budget = memory_budget
 
     def invert(self, image: ImageInput, masks: MaskInput) -> InversionResult:
         """Localized embeddings of N binary masks (N x H x W, the image's size) of one image."""
@@ -89,14 +100,23 @@ class MaskInverter:
             return result
         state = capture_image_state(backbone, backbone.pixels(rgb), self.blocks)
         result.image_embedding = state.image_embedding[0].cpu().numpy()
-        engine = make_engine(self.engine, backbone, state)
-        chunk = max(1, self.memory_budget // engine.bytes_per_query())
+        engine = make_engine(self.engine, backbone, state, self.precision)
+        chunk = max(1, self._work_memory() // engine.bytes_per_query())
         rows = np.flatnonzero(prepared.valid)
         targets = prepared.grid_masks.to(backbone.device)
         for start in range(0, len(rows), chunk):
             part = slice(start, start + chunk)
             self._invert_chunk(engine, state.image_embedding, targets[part], rows[part], len(rows), result)
         return result
+
+    def _work_memory(self) -> int:
+        """Bytes the engine may use for one chunk of masks: the budget given, else by device."""
+        if self.memory_budget:
+            return self.memory_budget
+        device = self.backbone.device
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0] * CUDA_FREE_MEMORY_SHARE)
+        return CPU_MEMORY_BUDGET
 
     def _invert_chunk(self, engine, image_embedding, targets, rows, count, result) -> None:
         """Optimise the embeddings of one chunk of masks and write them into ``result`` rows.

@@ -10,6 +10,7 @@ needs no pass through the network.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -63,8 +64,10 @@ class FastEngine:
 
     name = "fast"
 
-    def __init__(self, backbone: Backbone, state: ImageState):
-        self.blocks = [_FastBlock(backbone, block) for block in state.blocks]
+    def __init__(self, backbone: Backbone, state: ImageState, precision: str = "fp32"):
+        if precision not in ("fp32", "bf16-mixed"):
+            raise ValueError(f"the fast engine runs in 'fp32' or 'bf16-mixed', not {precision!r}")
+        self.blocks = [_FastBlock(backbone, block, precision == "bf16-mixed") for block in state.blocks]
 
     def bytes_per_query(self) -> int:
         return sum(block.bytes_per_query() for block in self.blocks)
@@ -82,11 +85,13 @@ class _FastBlock:
 
     With w_i = W1^T (act'(a_i) * r) and layer norm 2's transposed Jacobian J_i^T, the head-wise
     attention-gradient vector is g_i @ Wo = (1/n)(c @ Wo + inv_sigma_i (q_i @ K - a1_i o1 - a2_i XO_i)),
-    where K = W1 diag(gamma) Wo is folded per image (~20 ms for ViT-B-16, well under 1% of an
-    image's inversion), and a1, a2 are per-token dot products.
+    where q_i = act'(a_i) * r, K = W1 diag(gamma) Wo is folded per image (~20 ms for ViT-B-16, well
+    under 1% of an image's inversion), and the per-token scalars a1, a2 are matrix-vector products of
+    r with per-image matrices (no pass over masks x tokens x hidden). With ``bf16`` the q @ K GEMM
+    (the largest term) and its backward take bf16 operands; everything else stays fp32.
     """
 
-    def __init__(self, backbone: Backbone, state: BlockState):
+    def __init__(self, backbone: Backbone, state: BlockState, bf16: bool = False):
         block = state.module
         tokens, width = state.hidden.shape
         self.tokens, self.heads = tokens, block.attn.num_heads
@@ -103,33 +108,36 @@ class _FastBlock:
         pre_activation = block.mlp.c_fc(ln2(state.hidden)).detach().requires_grad_(True)
         with torch.enable_grad():
             (act_grad,) = torch.autograd.grad(block.mlp[1](pre_activation).sum(), pre_activation)
-        self.act_grad = act_grad  # n x hidden
         fc = block.mlp.c_fc.weight.detach()  # W1: hidden x width
         self.proj_weight = block.mlp.c_proj.weight.detach()  # W2: width x hidden
         ls1, self.ls2 = _layer_scale(block.ls_1), _layer_scale(block.ls_2)
         out = block.attn.out_proj.weight.detach()  # Wo: width x width
         out = out * ls1.unsqueeze(1) if ls1 is not None else out
         self.out_weight = out / tokens  # c @ Wo / n
-        self.folded = (fc * gamma) @ out  # K: hidden x width
-        self.gamma_fc = (fc @ gamma) / width  # u1: hidden
-        self.xhat_fc = ((xhat * gamma) @ fc.T) / width  # P: n x hidden
+        gemm_dtype = torch.bfloat16 if bf16 else act_grad.dtype
+        self.act_grad = act_grad.to(gemm_dtype)  # n x hidden
+        self.folded = ((fc * gamma) @ out).to(gemm_dtype)  # K: hidden x width
+        gamma_fc = (fc @ gamma) / width  # u1: hidden
+        xhat_fc = ((xhat * gamma) @ fc.T) / width  # P: n x hidden
+        self.a1_weight = (act_grad * gamma_fc).T.contiguous()  # a1 = r @ this: hidden x n
+        self.a2_weight = (act_grad * xhat_fc).T.contiguous()  # a2 = r @ this: hidden x n
         self.ones_out = out.sum(dim=0)  # o1: width
         self.xhat_out = xhat @ out  # XO: n x width
         self.values = state.values  # heads x n x head_dim
 
     def bytes_per_query(self) -> int:
         n, hidden = self.act_grad.shape
-        return 4 * (2 * self.heads * n * n + 5 * n * hidden)
+        return 4 * (2 * self.heads * n * n + 3 * n * hidden)
 
     def relevance(self, queries: torch.Tensor) -> torch.Tensor:
         """B x (n-1): mean over heads and query rows of ReLU(dS/dA), CLS column dropped."""
         batch, n = queries.shape[0], self.tokens
         c = queries @ self.pool_jacobian  # B x width
         r = (c * self.ls2 if self.ls2 is not None else c) @ self.proj_weight  # B x hidden
-        q = self.act_grad.unsqueeze(0) * r.unsqueeze(1)  # B x n x hidden
-        a1 = (q @ self.gamma_fc).unsqueeze(-1)  # B x n x 1
-        a2 = (q * self.xhat_fc).sum(dim=-1, keepdim=True)  # B x n x 1
-        qk = q @ self.folded  # B x n x width
+        q = self.act_grad.unsqueeze(0) * r.to(self.act_grad.dtype).unsqueeze(1)  # B x n x hidden
+        qk = (q @ self.folded).float()  # B x n x width
+        a1 = (r @ self.a1_weight).unsqueeze(-1)  # B x n x 1
+        a2 = (r @ self.a2_weight).unsqueeze(-1)  # B x n x 1
         g_out = (c @ self.out_weight).unsqueeze(1) + self.inv_sigma * (
             qk - a1 * self.ones_out - a2 * self.xhat_out
         )
@@ -166,19 +174,30 @@ def _layer_scale(module: torch.nn.Module) -> Optional[torch.Tensor]:
     raise ValueError(f"unsupported layer-scale module {type(module).__name__}")
 
 
-def make_engine(name: str, backbone: Backbone, state: ImageState):
-    """The map engine called ``name`` ("fast" or "autograd") for one image."""
+def make_engine(name: str, backbone: Backbone, state: ImageState, precision: str = "fp32"):
+    """The map engine called ``name`` ("fast" or "autograd") for one image; ``precision`` is resolved
+    ("fp32" or "bf16-mixed", the latter for the fast engine only)."""
     if name == "fast":
-        return FastEngine(backbone, state)
+        return FastEngine(backbone, state, precision)
     if name == "autograd":
+        if precision != "fp32":
+            raise ValueError("the autograd engine is the fp32 reference: use precision='fp32' with it")
         return AutogradEngine(backbone, state)
     raise ValueError(f"unknown engine {name!r}; choose one of {ENGINES}")
 
 
+@functools.lru_cache(maxsize=8)
+def _upsampling_matrix(grid: int, patch: int, device: torch.device) -> torch.Tensor:
+    """S x grid: 1-D linear upsampling by ``patch`` (half-pixel centres, edges clamped) as a matrix;
+    bilinear upsampling of a map R is U @ R @ U^T, the same numbers as F.interpolate in two small GEMMs."""
+    impulses = torch.eye(grid, device=device).unsqueeze(0)  # 1 x grid x grid: one impulse per row
+    return F.interpolate(impulses, scale_factor=patch, mode="linear", align_corners=False)[0].T.contiguous()
+
+
 def relevance_to_maps(relevance: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
     """B x (n-1) relevance -> B x S x S maps: bilinear upsampling by the patch size, min-max to [0,1]."""
-    maps = relevance.reshape(-1, 1, grid, grid)
-    maps = F.interpolate(maps, scale_factor=patch, mode="bilinear", align_corners=False)[:, 0]
+    upsample = _upsampling_matrix(grid, patch, relevance.device)
+    maps = upsample @ relevance.reshape(-1, grid, grid) @ upsample.T
     low = maps.amin(dim=(1, 2), keepdim=True)
     high = maps.amax(dim=(1, 2), keepdim=True)
     return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)

@@ -12,7 +12,7 @@ def markdown(results: dict) -> str:
     lines = [f"# {results.get('title') or 'MaskInversion evaluation'}", "",
              f"Model {results['model']} / {results['pretrained']} at {results['image_size']} px, "
              f"{results['images']} images, MaskInversion {results['iterations']} iterations, lr {results['lr']}, "
-             f"explained blocks {results['blocks']}.", ""]
+             f"explained blocks {results['blocks']}, precision {results.get('precision', 'fp32')}.", ""]
     if "classify" in results:
         lines += [f"## Class retrieval ({results['instances']} instances)", "",
                   "| method | prompts | Acc@1 | Acc@5 | Acc@10 | class Acc@1 | class Acc@5 | class Acc@10 |",

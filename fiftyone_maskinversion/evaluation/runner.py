@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 from .. import defaults
 from ..core.backbone import Backbone
+from ..core.precision import resolve_precision
 from .baselines import supported_methods
 from .report import chart, markdown
 from .tasks import class_text, classify, embed_instances, load_instances, mislabel, refer
@@ -26,16 +27,18 @@ def run(
     iterations: int = defaults.ITERATIONS,
     lr: float = defaults.LR,
     blocks: Optional[Sequence[int]] = None,
+    precision: str = defaults.PRECISION,
     noise: float = 0.2,
     title: str = "",
 ) -> dict:
     """All requested tasks and methods in one run; writes results.json, results.md and results.png."""
     data = load_instances(folder, max_images)
     methods = list(methods or supported_methods(backbone))
-    inverter = {"iterations": iterations, "lr": lr, "blocks": blocks}
+    inverter = {"iterations": iterations, "lr": lr, "blocks": blocks, "precision": precision}
     results = {"title": title, "model": backbone.model_name, "pretrained": backbone.pretrained,
                "image_size": backbone.image_size, "images": len(data.image_ids), "iterations": iterations, "lr": lr,
-               "blocks": list(blocks) if blocks else [-1]}
+               "blocks": list(blocks) if blocks else [-1],
+               "precision": resolve_precision(precision, backbone.device)}
     if "classify" in tasks or "mislabel" in tasks:
         embedded = embed_instances(backbone, data, methods, **inverter)
         results["instances"] = len(embedded[methods[0]]["ids"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ..core.backbone import Backbone, load_backbone
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter, check_method
 from . import heatmaps as heatmap_store
+from .prefetch import prefetched
 from .regions import (
     LabelError,
     attribute,
@@ -92,6 +94,7 @@ def compute_region_embeddings(
     overwrite: bool = False,
     include_crowd: bool = False,
     blocks: Optional[Sequence[int]] = defaults.BLOCKS,
+    precision: str = defaults.PRECISION,
     batch_size: int = defaults.BATCH_SIZE,
     device: Optional[str] = None,
     backbone: Optional[Backbone] = None,
@@ -108,7 +111,8 @@ def compute_region_embeddings(
     dataset (see ``heatmaps``). Regions holding an embedding of the current settings are skipped unless
     ``overwrite``, so a killed run resumes and recomputes exactly the stale ones. ``shard=(i, k)``
     processes the i-th of k disjoint slices of the samples. ``backbone`` replaces
-    model_name/pretrained/image_size with an already loaded model. Every argument is checked before
+    model_name/pretrained/image_size with an already loaded model. ``precision`` ("fp32", "bf16-mixed",
+    "auto") is recorded resolved, so workers on other hardware cannot mix two. Every argument is checked before
     anything is written; the run's settings are recorded only once it starts.
     """
     start = time.perf_counter()
@@ -127,10 +131,11 @@ def compute_region_embeddings(
                 "a checkpoint file (save a model with torch.save(model.state_dict(), path)), or backbone="
             )
         backbone = load_backbone(model_name, pretrained=pretrained, image_size=image_size, device=device)
-    inverter = MaskInverter(backbone, iterations=iterations, lr=lr, alpha=alpha, blocks=blocks)
+    inverter = MaskInverter(backbone, iterations=iterations, lr=lr, alpha=alpha, blocks=blocks, precision=precision)
 
     heatmap_store.delete_orphaned_heatmaps()
-    settings = make_settings(backbone, iterations=iterations, lr=float(lr), alpha=float(alpha), blocks=inverter.blocks)
+    settings = make_settings(backbone, iterations=iterations, lr=float(lr), alpha=float(alpha), blocks=inverter.blocks,
+                             precision=inverter.precision)
     run = start_run(samples, label_field, regions_field, embeddings_field, settings, overwrite)
     if run.derived:
         derive_segmentation_regions(shard_view, label_field)  # each worker derives its own shard
@@ -141,11 +146,20 @@ def compute_region_embeddings(
     view = shard_view.select_fields(regions_field)
     summary = RegionRunSummary(label_field, regions_field, embeddings_field, heatmaps_dataset=companion.name)
     total = len(view)
-    for index, sample in enumerate(view.iter_samples(autosave=True, batch_size=batch_size, progress=False)):
-        _process_sample(sample, run, inverter, companion, overwrite, include_crowd, summary)
-        summary.samples += 1
-        if progress:
-            progress(index + 1, total)
+    prepare = functools.partial(_prepare, run=run, overwrite=overwrite, include_crowd=include_crowd,
+                                min_side=backbone.patch_size)
+    ahead = prefetched(view.iter_samples(progress=False), prepare)  # a second, read-only pass, same order
+    try:
+        for index, sample in enumerate(view.iter_samples(autosave=True, batch_size=batch_size, progress=False)):
+            prepared = next(ahead, None)
+            if prepared is None or prepared.sample_id != sample.id:  # the passes disagree: prepare it here
+                prepared = prepare(sample)
+            _process_sample(sample, prepared, run, inverter, companion, overwrite, include_crowd, summary)
+            summary.samples += 1
+            if progress:
+                progress(index + 1, total)
+    finally:
+        ahead.close()
     if summary.computed:
         summary.index_removed = _drop_outdated_index(dataset, run)
     summary.seconds = time.perf_counter() - start
@@ -181,39 +195,75 @@ def _check_embeddings_field(samples, regions_field: str, embeddings_field: str, 
                              f"MaskInversion run wrote; choose another embeddings_field")
 
 
-def _process_sample(sample, run: RegionRun, inverter, companion, overwrite, include_crowd, summary) -> None:
+@dataclass
+class PreparedSample:
+    """What the engine needs of one sample, made ahead of time: its image (or why it cannot be read)
+    and, per pending region id, its mask (or why it has none)."""
+
+    sample_id: str
+    image: object = None
+    image_error: Optional[str] = None
+    masks: dict = field(default_factory=dict)
+
+
+def _pending(sample, run: RegionRun, overwrite: bool, include_crowd: bool) -> tuple:
+    """(regions to compute, regions holding the current settings' results, crowd regions skipped)."""
+    names = attribute_names(run.embeddings_field)
+    pending, done, crowd = [], [], []
+    for region in regions_of(sample[run.regions_field]):
+        current = attribute(region, names["embedding"]) is not None and attribute(region, names["run"]) == run.settings_id
+        if current and not overwrite:
+            done.append(region)
+        elif is_crowd(region) and not include_crowd:
+            crowd.append(region)
+        else:
+            pending.append(region)
+    return pending, done, crowd
+
+
+def _prepare(sample, run: RegionRun, overwrite: bool, include_crowd: bool, min_side: int) -> PreparedSample:
+    """Decode the image and rasterise the masks of a sample's pending regions (runs in the prefetch thread)."""
+    prepared = PreparedSample(sample.id)
+    pending, _, _ = _pending(sample, run, overwrite, include_crowd)
+    if not pending:
+        return prepared
+    try:
+        prepared.image = load_rgb(sample.filepath, min_side=min_side)
+    except InputError as err:
+        prepared.image_error = str(err)
+        return prepared
+    for region in pending:
+        try:
+            prepared.masks[region.id] = region_mask(region, prepared.image.width, prepared.image.height)
+        except LabelError as err:
+            prepared.masks[region.id] = err
+    return prepared
+
+
+def _process_sample(sample, prepared: PreparedSample, run: RegionRun, inverter, companion, overwrite,
+                    include_crowd, summary) -> None:
     """Invert every pending region of one sample; heatmaps are stored before the labels are saved."""
     names = attribute_names(run.embeddings_field)
     container = sample[run.regions_field]
-    pending = []
-    for region in regions_of(container):
-        done = attribute(region, names["embedding"]) is not None
-        if done and attribute(region, names["run"]) == run.settings_id and not overwrite:
-            summary.skipped_existing += 1
-        elif is_crowd(region) and not include_crowd:
-            summary.skipped_crowd += 1
-            region[names["error"]] = "crowd region (iscrowd=1) skipped; pass include_crowd=True to embed it"
-        else:
-            summary.recomputed_stale += done and attribute(region, names["run"]) != run.settings_id
-            pending.append(region)
+    pending, done, crowd = _pending(sample, run, overwrite, include_crowd)
+    summary.skipped_existing += len(done)
+    summary.skipped_crowd += len(crowd)
+    for region in crowd:
+        region[names["error"]] = "crowd region (iscrowd=1) skipped; pass include_crowd=True to embed it"
+    summary.recomputed_stale += sum(attribute(r, names["embedding"]) is not None for r in pending)
     if not pending:
         return
-    failed = []
-    try:
-        image = load_rgb(sample.filepath, min_side=inverter.backbone.patch_size)
-    except InputError as err:
-        failed = [(region, str(err)) for region in pending]
-        pending = []
-    masks, regions = [], []
+    failed, regions, masks = [], [], []
     for region in pending:
-        try:
-            masks.append(region_mask(region, image.width, image.height))
+        mask = prepared.image_error or prepared.masks.get(region.id)
+        if isinstance(mask, (str, Exception)) or mask is None:
+            failed.append((region, str(mask) if mask is not None else "the region changed while the run read it"))
+        else:
             regions.append(region)
-        except LabelError as err:
-            failed.append((region, str(err)))
+            masks.append(mask)
     new_heatmaps = []
     if regions:
-        result = inverter.invert(image, masks)
+        result = inverter.invert(prepared.image, masks)
         for k, region in enumerate(regions):
             if not result.valid[k]:
                 failed.append((region, result.errors[k]))

@@ -31,7 +31,8 @@ def square_scene(size, seed=2):
 def test_fast_engine_matches_autograd_engine(name, blocks):
     backbone = make_backbone(name)
     image, masks = square_scene(backbone.image_size)
-    fast = MaskInverter(backbone, iterations=10, lr=0.5, engine="fast", blocks=blocks).invert(image, masks)
+    fast = MaskInverter(backbone, iterations=10, lr=0.5, engine="fast", blocks=blocks, precision="fp32").invert(
+        image, masks)
     slow = MaskInverter(backbone, iterations=10, lr=0.5, engine="autograd", blocks=blocks).invert(image, masks)
     assert cosine_rows(fast.embeddings, slow.embeddings).min() >= 0.9999
     assert np.abs(fast.heatmaps - slow.heatmaps).max() <= 1e-4
@@ -42,7 +43,7 @@ def test_fast_engine_matches_autograd_engine(name, blocks):
 def test_fast_engine_matches_plain_reference_inversion(name, alpha):
     backbone = make_backbone(name)
     image, masks = square_scene(backbone.image_size, seed=4)
-    result = MaskInverter(backbone, iterations=10, lr=0.5, alpha=alpha).invert(image, masks)
+    result = MaskInverter(backbone, iterations=10, lr=0.5, alpha=alpha, precision="fp32").invert(image, masks)
     expected = reference.mask_inversion(
         backbone.model,
         backbone.pixels(image),
@@ -128,3 +129,41 @@ def test_soft_dice_hand_computed():
 def test_unknown_engine(tiny):
     with pytest.raises(ValueError, match="unknown engine"):
         MaskInverter(tiny, engine="nope")
+
+
+@pytest.mark.parametrize("name", ["mi-test-tiny", "mi-test-tiny-ls"])
+def test_bf16_mixed_stays_within_the_fp32_result(name):
+    backbone = make_backbone(name)
+    image, masks = square_scene(backbone.image_size, seed=2)
+    exact = MaskInverter(backbone, iterations=10, precision="fp32").invert(image, masks)
+    mixed_inverter = MaskInverter(backbone, iterations=10, precision="bf16-mixed")
+    mixed = mixed_inverter.invert(image, masks)
+    assert mixed_inverter.precision == "bf16-mixed"
+    assert cosine_rows(mixed.embeddings, exact.embeddings).min() >= 0.999
+    assert not np.array_equal(mixed.embeddings, exact.embeddings)  # the bf16 path really ran
+
+
+def test_auto_precision_follows_the_hardware(tiny, monkeypatch):
+    from fiftyone_maskinversion.core import precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert MaskInverter(tiny, precision="auto").precision == "fp32"  # not validated (see core.precision)
+    monkeypatch.setattr(precision, "AUTO_USES_BF16", True)
+    assert MaskInverter(tiny, precision="auto").precision == "bf16-mixed"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2"}))
+    assert MaskInverter(tiny, precision="auto").precision == "fp32"  # no native bf16
+    assert MaskInverter(tiny, precision="auto", engine="autograd").precision == "fp32"
+    with pytest.raises(ValueError, match="autograd engine is the fp32 reference"):
+        MaskInverter(tiny, precision="bf16-mixed", engine="autograd")
+    with pytest.raises(ValueError, match="unknown precision"):
+        MaskInverter(tiny, precision="fp16")
+
+
+def test_maps_upsample_exactly_as_bilinear_interpolation():
+    from fiftyone_maskinversion.core.legrad import relevance_to_maps
+
+    relevance = torch.rand(3, 7 * 7)
+    expected = torch.nn.functional.interpolate(relevance.reshape(3, 1, 7, 7), scale_factor=8, mode="bilinear",
+                                               align_corners=False)[:, 0]
+    low, high = expected.amin(dim=(1, 2), keepdim=True), expected.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(relevance_to_maps(relevance, 7, 8), (expected - low) / (high - low), atol=1e-6, rtol=0)
