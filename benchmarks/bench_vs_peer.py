@@ -77,7 +77,7 @@ def write_inputs(workdir: Path, count: int) -> tuple:
     return checkpoint, image_path, masks_path
 
 
-def run_ours(checkpoint: str, image_path: str, masks_path: str, out_path: str, threads: int) -> dict:
+def run_ours(checkpoint: str, image_path: str, masks_path: str, out_path: str, threads: int, precision: str) -> dict:
     """Worker: our fast engine on the inputs; returns seconds and peak RSS of this process."""
     import torch
 
@@ -86,7 +86,7 @@ def run_ours(checkpoint: str, image_path: str, masks_path: str, out_path: str, t
     torch.set_num_threads(threads)
     backbone = load_backbone("ViT-B-16", pretrained=checkpoint, image_size=SIZE, device="cpu")
     masks = np.load(masks_path)
-    inverter = MaskInverter(backbone, iterations=10, lr=0.5, alpha=0.0)
+    inverter = MaskInverter(backbone, iterations=10, lr=0.5, alpha=0.0, precision=precision)
     start = time.perf_counter()
     result = inverter.invert(image_path, masks)
     seconds = time.perf_counter() - start
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--peer-ns", default="1,10,30")
     parser.add_argument("--ours-ns", default="1,10,30,100")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto", help="ours: fp32, bf16-mixed or auto (the default)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     peer_ns = [int(n) for n in args.peer_ns.split(",") if n]
@@ -124,7 +125,7 @@ def main() -> None:
             inputs = [str(checkpoint), str(image_path), str(masks_path)]
             ours_out = workdir / f"ours{n}.npy"
             ours = subprocess_json(
-                [sys.executable, __file__, "--worker", *inputs, str(ours_out), str(args.threads)]
+                [sys.executable, __file__, "--worker", *inputs, str(ours_out), str(args.threads), args.precision]
             )
             row = {"n": n, "ours": ours}
             if n in peer_ns:
@@ -161,6 +162,6 @@ def print_row(row: dict) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        print(json.dumps(run_ours(*sys.argv[2:6], int(sys.argv[6]))))
+        print(json.dumps(run_ours(*sys.argv[2:6], int(sys.argv[6]), sys.argv[7])))
     else:
         main()

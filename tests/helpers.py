@@ -74,6 +74,25 @@ def interrupt_after(count: int):
     return progress
 
 
+def openai_vit_b16_in_private_hub_cache(monkeypatch, root: Path) -> Path:
+    """Random QuickGELU ViT-B-16 weights placed as the 'openai' tag's file in a private, offline
+    Hugging Face cache (as the hub would have stored them); returns the file."""
+    import open_clip
+    from huggingface_hub import constants
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
+    repo = root / "models--timm--vit_base_patch16_clip_224.openai"
+    (repo / "snapshots" / "rev1").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("rev1")
+    checkpoint = repo / "snapshots" / "rev1" / "open_clip_pytorch_model.bin"
+    torch.save(model.state_dict(), checkpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return checkpoint
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

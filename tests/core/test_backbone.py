@@ -9,7 +9,7 @@ import torch
 
 from fiftyone_maskinversion import WeightsUnavailableError, load_backbone
 
-from ..helpers import make_backbone
+from ..helpers import make_backbone, openai_vit_b16_in_private_hub_cache
 
 
 def test_checkpoint_round_trip(tmp_path, scene):
@@ -105,19 +105,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_openai_tag_is_built_with_quick_gelu_as_its_weights_were_trained(monkeypatch, tmp_path):
     """The tag's file in a private hub cache: loading by tag equals open_clip's ViT-B-16-quickgelu on the
     same file, and differs from the GELU build a plain file path would give."""
-    from huggingface_hub import constants
-
-    torch.manual_seed(0)
-    reference = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
-    repo = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"
-    (repo / "snapshots" / "rev1").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("rev1")
-    checkpoint = repo / "snapshots" / "rev1" / "open_clip_pytorch_model.bin"
-    torch.save(reference.state_dict(), checkpoint)
-    del reference
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    checkpoint = openai_vit_b16_in_private_hub_cache(monkeypatch, tmp_path)
 
     by_tag = load_backbone("ViT-B-16", pretrained="openai", image_size=224, device="cpu")
     quick = load_backbone("ViT-B-16-quickgelu", pretrained=str(checkpoint), image_size=224, device="cpu")

@@ -272,3 +272,25 @@ def test_index_names_the_zoo_text_model_so_string_queries_work_like_the_app(coco
     ours = backbone_for(find_run(coco_dataset, "ground_truth", "mi_embedding")).encode_text(["a chair"])[0]
     zoo = results.get_model().embed_prompt("a chair")
     np.testing.assert_allclose(zoo / np.linalg.norm(zoo), ours.numpy(), atol=1e-5)
+
+
+def test_the_index_zoo_model_of_an_openai_tag_embeds_text_like_the_run(monkeypatch, tmp_path):
+    """The App's text box embeds queries with the zoo model the index names: for an OpenAI tag it must be
+    the QuickGELU architecture, so its text embedding equals the run's own."""
+    import fiftyone.zoo as foz
+
+    from fiftyone_maskinversion import load_backbone
+    from fiftyone_maskinversion.fo.runs import RegionRun, make_settings
+    from fiftyone_maskinversion.fo.search import zoo_model_kwargs
+
+    from ..helpers import openai_vit_b16_in_private_hub_cache
+
+    openai_vit_b16_in_private_hub_cache(monkeypatch, tmp_path)
+    backbone = load_backbone("ViT-B-16", pretrained="openai", image_size=224, device="cpu")
+    run = RegionRun(key="k", label_field="gt", regions_field="gt", embeddings_field="e",
+                    settings=make_settings(backbone), settings_id="s", dataset_id="d")
+    kwargs = zoo_model_kwargs(run)
+    assert kwargs == {"clip_model": "ViT-B-16-quickgelu", "pretrained": "openai", "text_prompt": ""}
+    zoo = foz.load_zoo_model("open-clip-torch", **kwargs).embed_prompt("a dog on a sofa")
+    ours = backbone.encode_text(["a dog on a sofa"])[0].numpy()
+    np.testing.assert_allclose(zoo / np.linalg.norm(zoo), ours, atol=1e-5)
