@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--text")
     group.add_argument("--region-id")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=defaults.SEARCH_K)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("index", help="build the similarity index the App's search uses")
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
     p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--noise", type=float, default=0.2, help="fraction of labels corrupted for mislabel")
+    p.add_argument("--noise", type=float, default=defaults.MISLABEL_NOISE, help="fraction of labels corrupted for mislabel")
     p.add_argument("--title", default="")
     p.add_argument("--out", default="eval-results")
     p.set_defaults(func=cmd_eval)

@@ -24,3 +24,6 @@ SINGLE_PROMPT = "a photo of a {}."
 TOP_K = 5
 RELABEL_THRESHOLD = 0.9
 SEARCH_K = 25
+
+# evaluation
+MISLABEL_NOISE = 0.2  # fraction of labels corrupted by the mislabel task

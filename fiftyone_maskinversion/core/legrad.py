@@ -11,6 +11,7 @@ needs no pass through the network.
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Optional, Sequence
 
 import numpy as np
@@ -85,9 +86,9 @@ class _FastBlock:
 
     With w_i = W1^T (act'(a_i) * r) and layer norm 2's transposed Jacobian J_i^T, the head-wise
     attention-gradient vector is g_i @ Wo = (1/n)(c @ Wo + inv_sigma_i (q_i @ K - a1_i o1 - a2_i XO_i)),
-    where q_i = act'(a_i) * r, K = W1 diag(gamma) Wo is folded per image (~20 ms for ViT-B-16, well
-    under 1% of an image's inversion), and the per-token scalars a1, a2 are matrix-vector products of
-    r with per-image matrices (no pass over masks x tokens x hidden). With ``bf16`` the q @ K GEMM
+    where q_i = act'(a_i) * r, K = W1 diag(gamma) Wo is folded once per model, and the per-token
+    scalars a1, a2 are matrix-vector products of r with per-image matrices (no pass over masks x
+    tokens x hidden). With ``bf16`` the q @ K GEMM
     (the largest term) and its backward take bf16 operands; everything else stays fp32.
     """
 
@@ -116,7 +117,7 @@ class _FastBlock:
         self.out_weight = out / tokens  # c @ Wo / n
         gemm_dtype = torch.bfloat16 if bf16 else act_grad.dtype
         self.act_grad = act_grad.to(gemm_dtype)  # n x hidden
-        self.folded = ((fc * gamma) @ out).to(gemm_dtype)  # K: hidden x width
+        self.folded = _folded_weight(block, fc, gamma, out, gemm_dtype)  # K: hidden x width
         gamma_fc = (fc @ gamma) / width  # u1: hidden
         xhat_fc = ((xhat * gamma) @ fc.T) / width  # P: n x hidden
         self.a1_weight = (act_grad * gamma_fc).T.contiguous()  # a1 = r @ this: hidden x n
@@ -143,6 +144,19 @@ class _FastBlock:
         )
         g_heads = g_out.view(batch, n, self.heads, -1).transpose(1, 2)
         return _PositiveMean.apply(g_heads, self.values)[:, 1:]
+
+
+_FOLDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _folded_weight(block, fc: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor, dtype) -> torch.Tensor:
+    """K = W1 diag(gamma) Wo of a block: it depends on the weights alone, so it is folded once per model
+    (1.8 GFLOP for ViT-B) and kept while the block lives, unless its weights are changed in place."""
+    key = (dtype, tuple(p._version for p in block.parameters()))
+    cached = _FOLDED.get(block)
+    if cached is None or cached[0] != key:
+        cached = _FOLDED[block] = (key, ((fc * gamma) @ out).to(dtype))
+    return cached[1]
 
 
 class _PositiveMean(torch.autograd.Function):

@@ -28,7 +28,7 @@ def run(
     lr: float = defaults.LR,
     blocks: Optional[Sequence[int]] = None,
     precision: str = defaults.PRECISION,
-    noise: float = 0.2,
+    noise: float = defaults.MISLABEL_NOISE,
     title: str = "",
 ) -> dict:
     """All requested tasks and methods in one run; writes results.json, results.md and results.png."""

@@ -134,7 +134,8 @@ def refer(backbone: Backbone, data: Instances, expressions: list, methods: Seque
 
 
 def mislabel(
-    backbone: Backbone, data: Instances, embedded: Dict[str, dict], text: torch.Tensor, noise: float = 0.2, seed: int = 0
+    backbone: Backbone, data: Instances, embedded: Dict[str, dict], text: torch.Tensor, noise: float = defaults.MISLABEL_NOISE,
+    seed: int = 0,
 ) -> dict:
     """Corrupt a seeded fraction of labels; rank instances by mistakenness (against the class text
     embeddings ``text``); AUROC and precision@k."""

@@ -71,3 +71,13 @@ def test_bad_queries_and_blocks(tiny, scene):
         legrad_maps(tiny, scene[0], torch.ones(1, 32), blocks=[5])
     with pytest.raises(ValueError, match="unknown engine"):
         legrad_maps(tiny, scene[0], torch.ones(1, 32), engine="magic")
+
+
+def test_the_folded_weight_follows_weights_changed_in_place(tiny, scene):
+    image, _ = scene
+    queries = tiny.encode_text(["a photo of a cat"])
+    before = legrad_maps(tiny, image, queries)
+    other = make_backbone(seed=9)
+    tiny.model.load_state_dict(other.model.state_dict())  # in place: same modules, new weights
+    np.testing.assert_allclose(legrad_maps(tiny, image, queries), legrad_maps(other, image, queries), atol=1e-5)
+    assert np.abs(before - legrad_maps(tiny, image, queries)).max() > 1e-3
