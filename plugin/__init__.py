@@ -112,6 +112,7 @@ class ComputeRegionEmbeddings(_Delegable):
             inputs.bool("overwrite", default=False, label="Recompute regions that already have an embedding?")
             inputs.bool("include_crowd", default=False, label="Embed crowd regions (iscrowd=1) too?")
             inputs.int("batch_size", default=defaults.BATCH_SIZE, label="Samples per database write")
+            inputs.str("device", default="", label="Device", description="e.g. cuda:0 or cpu (empty: cuda if available)")
             inputs.int("num_shards", default=1, label="Shards (parallel delegated workers)")
             inputs.view_target(ctx)
             _delegation_input(inputs)
@@ -137,6 +138,7 @@ class ComputeRegionEmbeddings(_Delegable):
             overwrite=bool(params.get("overwrite", False)),
             include_crowd=bool(params.get("include_crowd", False)),
             batch_size=int(params.get("batch_size", defaults.BATCH_SIZE)),
+            device=params.get("device") or None,
             shard=(int(params.get("shard_index", 0)), shards) if shards > 1 else None,
             progress=_progress(ctx, "MaskInversion"),
         )
