@@ -1,6 +1,7 @@
 """How far bf16-mixed embeddings are from fp32 ones: min / mean cosine per model, one table.
 
     .venv/bin/python benchmarks/precision.py [--masks 50] [--device cpu]
+    python3 benchmarks/precision.py --device cuda --pack .gpudata/coco.npz   # on the GPU machine (see gpu.py)
 
 Models: random ViT-B-16 at 448 px and ViT-B-32 at 224 px (seeded) on COCO-sample instance masks
 (at least --masks per model, whole images), the synthetic model trained here on held-out scenes (all
@@ -15,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fiftyone_maskinversion import MaskInverter, load_backbone  # noqa: E402
 from fiftyone_maskinversion.synthetic import scenes  # noqa: E402
-from fiftyone_maskinversion.synthetic.weights import BLOCKS  # noqa: E402
+from fiftyone_maskinversion.synthetic.weights import BLOCKS, register  # noqa: E402
 from tests.helpers import TINY_CONFIGS, make_backbone, register_tiny_configs  # noqa: E402
 
 COCO_DIR = REPO.parent / "shared" / "data" / "coco-val2017-mini"
@@ -46,7 +46,22 @@ def compare(backbone, items, blocks=None) -> tuple:
     return np.concatenate(found), seconds["fp32"], seconds["bf16-mixed"]
 
 
+def packed_items(pack: Path, min_masks: int):
+    """The first images of a gpu.py pack with at least ``min_masks`` instance masks in all."""
+    from gpu import unpack
+
+    items, count = [], 0
+    for image, masks in unpack(pack):
+        if masks is not None and len(masks):
+            items.append((image, masks))
+            count += len(masks)
+            if count >= min_masks:
+                return items
+
+
 def coco_items(min_masks: int):
+    from pycocotools.coco import COCO
+
     coco = COCO(str(COCO_DIR / "instances.json"))
     items, count = [], 0
     for image_id in sorted(coco.getImgIds()):
@@ -65,10 +80,12 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pack", type=Path, help="read the COCO sample from a gpu.py pack (no pycocotools needed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     register_tiny_configs()
-    coco = coco_items(args.masks)
+    register()  # the shipped synthetic weights, also where the package is not installed
+    coco = packed_items(args.pack, args.masks) if args.pack else coco_items(args.masks)
     rows = []
     for name, size in (("ViT-B-16", 448), ("ViT-B-32", 224)):
         torch.manual_seed(0)
@@ -81,9 +98,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for name, cfg in TINY_CONFIGS.items():
         size = cfg["vision_cfg"]["image_size"]
-        tiny = make_backbone(name).model.to(args.device)
-        backbone = load_backbone(name, pretrained=None, image_size=size, device=args.device)
-        backbone.model.load_state_dict(tiny.state_dict())
+        backbone = make_backbone(name)
+        backbone.model.to(args.device)
+        backbone.device = torch.device(args.device)
         items = []
         for _ in range(10):
             masks = np.zeros((4, size, size), dtype=bool)

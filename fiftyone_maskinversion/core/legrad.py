@@ -115,9 +115,8 @@ class _FastBlock:
         out = block.attn.out_proj.weight.detach()  # Wo: width x width
         out = out * ls1.unsqueeze(1) if ls1 is not None else out
         self.out_weight = out / tokens  # c @ Wo / n
-        gemm_dtype = torch.bfloat16 if bf16 else act_grad.dtype
-        self.act_grad = act_grad.to(gemm_dtype)  # n x hidden
-        self.folded = _folded_weight(block, fc, gamma, out, gemm_dtype)  # K: hidden x width
+        self.act_grad = act_grad  # n x hidden
+        self.folded = _folded_weight(block, fc, gamma, out, torch.bfloat16 if bf16 else act_grad.dtype)  # K
         gamma_fc = (fc @ gamma) / width  # u1: hidden
         xhat_fc = ((xhat * gamma) @ fc.T) / width  # P: n x hidden
         self.a1_weight = (act_grad * gamma_fc).T.contiguous()  # a1 = r @ this: hidden x n
@@ -135,8 +134,8 @@ class _FastBlock:
         batch, n = queries.shape[0], self.tokens
         c = queries @ self.pool_jacobian  # B x width
         r = (c * self.ls2 if self.ls2 is not None else c) @ self.proj_weight  # B x hidden
-        q = self.act_grad.unsqueeze(0) * r.to(self.act_grad.dtype).unsqueeze(1)  # B x n x hidden
-        qk = (q @ self.folded).float()  # B x n x width
+        q = self.act_grad.unsqueeze(0) * r.unsqueeze(1)  # B x n x hidden
+        qk = _ProductWith.apply(q, self.folded)  # B x n x width, fp32
         a1 = (r @ self.a1_weight).unsqueeze(-1)  # B x n x 1
         a2 = (r @ self.a2_weight).unsqueeze(-1)  # B x n x 1
         g_out = (c @ self.out_weight).unsqueeze(1) + self.inv_sigma * (
@@ -144,6 +143,35 @@ class _FastBlock:
         )
         g_heads = g_out.view(batch, n, self.heads, -1).transpose(1, 2)
         return _PositiveMean.apply(g_heads, self.values)[:, 1:]
+
+
+class _ProductWith(torch.autograd.Function):
+    """x @ K for an fp32 x and a constant K, in K's dtype: with a bf16 K the operands are rounded to bf16
+    and, on CUDA, the product is accumulated and returned in fp32 (``out_dtype``); the CPU has no such
+    kernel in PyTorch, so there the bf16 product is rounded before it is widened. The backward is the
+    same product with K^T, so the gradient reaching x (and r) is fp32 either way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return _mixed_mm(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        return _mixed_mm(grad, weight.T), None
+
+
+def _mixed_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 (... x k) @ (k x m) in weight's dtype, returned as fp32."""
+    if weight.dtype == x.dtype:
+        return x @ weight
+    flat = x.reshape(-1, x.shape[-1]).to(weight.dtype)
+    if flat.is_cuda:
+        product = torch.mm(flat, weight, out_dtype=torch.float32)
+    else:
+        product = (flat @ weight).float()
+    return product.reshape(*x.shape[:-1], weight.shape[-1])
 
 
 _FOLDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
