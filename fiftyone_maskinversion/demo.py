@@ -43,7 +43,12 @@ def run_demo(
     import fiftyone as fo
 
     from . import WeightsUnavailableError, load_backbone
-    from .fo import compute_region_embeddings, find_mislabeled, search_regions, zero_shot_relabel
+    from .fo import (
+        compute_region_embeddings,
+        find_mislabeled,
+        search_regions,
+        zero_shot_relabel,
+    )
     from .synthetic import CLASSES
     from .synthetic.weights import BLOCKS, IMAGE_SIZE, MODEL_NAME, TAG
 

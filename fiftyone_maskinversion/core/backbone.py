@@ -15,9 +15,9 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from open_clip.pretrained import download_pretrained
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from PIL import Image
 
 from .. import defaults
 from .inputs import ImageInput, load_rgb

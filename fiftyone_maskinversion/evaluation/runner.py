@@ -11,7 +11,14 @@ from ..core.backbone import Backbone
 from ..core.precision import resolve_precision
 from .baselines import supported_methods
 from .report import chart, markdown
-from .tasks import class_text, classify, embed_instances, load_instances, mislabel, refer
+from .tasks import (
+    class_text,
+    classify,
+    embed_instances,
+    load_instances,
+    mislabel,
+    refer,
+)
 
 TASKS = ("classify", "refer", "mislabel")
 

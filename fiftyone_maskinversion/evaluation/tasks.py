@@ -10,13 +10,17 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-
 from sklearn.metrics import roc_auc_score
 
 from .. import defaults
 from ..core.backbone import Backbone
 from ..core.inputs import load_rgb
-from ..core.zeroshot import class_embeddings, class_probabilities, mistakenness, templates_for
+from ..core.zeroshot import (
+    class_embeddings,
+    class_probabilities,
+    mistakenness,
+    templates_for,
+)
 from .baselines import region_embeddings
 
 TOP_KS = (1, 5, 10)

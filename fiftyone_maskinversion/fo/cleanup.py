@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from .. import defaults
 from . import heatmaps as heatmap_store
-from .embed import attribute_names
 from .regions import list_path
-from .runs import delete_run_record, list_region_runs, require_run
+from .runs import attribute_names, delete_run_record, list_region_runs, require_run
 
 
 def delete_region_results(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD) -> dict:

@@ -26,7 +26,15 @@ from .regions import (
     regions_field_for,
     regions_of,
 )
-from .runs import RegionRun, find_run, list_region_runs, make_settings, save_run, start_run
+from .runs import (
+    RegionRun,
+    attribute_names,
+    find_run,
+    list_region_runs,
+    make_settings,
+    save_run,
+    start_run,
+)
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -68,17 +76,6 @@ class RegionRunSummary:
             lines.append(f"similarity index {self.index_removed!r} was outdated and removed: rebuild it with "
                          "build_region_index")
         return "\n".join(lines)
-
-
-def attribute_names(embeddings_field: str) -> dict:
-    """The label attributes one run writes, all prefixed by the embeddings field name."""
-    return {
-        "embedding": embeddings_field,
-        "dice": f"{embeddings_field}_dice",
-        "iou": f"{embeddings_field}_iou",
-        "error": f"{embeddings_field}_error",
-        "run": f"{embeddings_field}_run",
-    }
 
 
 def compute_region_embeddings(

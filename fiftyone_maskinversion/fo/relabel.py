@@ -15,11 +15,29 @@ from fiftyone import ViewField as F
 
 from .. import defaults
 from ..core.backbone import Backbone
-from ..core.zeroshot import class_embeddings, class_probabilities, mistakenness, templates_for
+from ..core.zeroshot import (
+    class_embeddings,
+    class_probabilities,
+    mistakenness,
+    templates_for,
+)
 from . import heatmaps as heatmap_store
-from .embed import attribute_names
-from .regions import attribute, container_of, geometry_copy, list_path, regions_field_for, regions_of
-from .runs import RegionRun, backbone_for, list_region_runs, require_run, save_run
+from .regions import (
+    attribute,
+    container_of,
+    geometry_copy,
+    list_path,
+    regions_field_for,
+    regions_of,
+)
+from .runs import (
+    RegionRun,
+    attribute_names,
+    backbone_for,
+    list_region_runs,
+    require_run,
+    save_run,
+)
 
 ORIGINAL_LABEL = "mi_original_label"
 

@@ -50,6 +50,17 @@ class RegionRun:
         return f"embeddings {self.embeddings_field!r} on {where}"
 
 
+def attribute_names(embeddings_field: str) -> dict:
+    """The label attributes one run writes, all prefixed by the embeddings field name."""
+    return {
+        "embedding": embeddings_field,
+        "dice": f"{embeddings_field}_dice",
+        "iou": f"{embeddings_field}_iou",
+        "error": f"{embeddings_field}_error",
+        "run": f"{embeddings_field}_run",
+    }
+
+
 def settings_digest(settings: dict) -> str:
     """A short digest of the settings that decide the embeddings (stored on every label embedded)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -102,7 +113,7 @@ def _record_from_labels(dataset, label_field: str, embeddings_field: str) -> Opt
     regions_field = regions_field_for(dataset, label_field)
     if not dataset.has_sample_field(regions_field):
         return None
-    path = f"{list_path(dataset, regions_field)}.{embeddings_field}_run"
+    path = f"{list_path(dataset, regions_field)}.{attribute_names(embeddings_field)['run']}"
     digests = [d for d in dataset.distinct(path) if d] if dataset.has_field(path) else []
     if not digests:
         return None
@@ -158,6 +169,8 @@ def start_run(samples, label_field: str, regions_field: str, embeddings_field: s
             dataset.register_run(run.key, dataset.init_run(method=METHOD, **_config(run, __version__)))
         except ValueError:  # a parallel worker registered the same run first: join it if it agrees
             dataset.reload()
+            if run.key not in dataset.list_runs():
+                raise
             return start_run(samples, label_field, regions_field, embeddings_field, settings, overwrite=False)
         return run
     run.settings, run.settings_id, run.version = settings, settings_digest(settings), __version__
