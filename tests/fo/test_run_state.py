@@ -265,3 +265,34 @@ def test_zero_area_polygons_are_reported(coco_dataset, tiny):
     line, dot, square = sample.polys.polylines
     assert "encloses no area" in reasons[line.id] and "encloses no area" in reasons[dot.id]
     assert summary.computed == 1 and square.id not in reasons
+
+
+def test_runs_whose_names_collide_keep_separate_records(coco_dataset, tiny):
+    for s in coco_dataset.iter_samples(autosave=True):
+        s["gt"], s["gt_x"] = s.ground_truth.copy(), s.ground_truth.copy()
+    # ("gt_x", "y_z") and ("gt", "x_y_z") sanitise to the same readable key
+    first = mifo.compute_region_embeddings(coco_dataset.limit(1), "gt_x", backbone=tiny, iterations=1,
+                                           embeddings_field="y_z")
+    second = mifo.compute_region_embeddings(coco_dataset.limit(1), "gt", backbone=tiny, iterations=2,
+                                            embeddings_field="x_y_z")
+    assert first.computed and second.computed
+    assert sorted(coco_dataset.list_runs()) == ["maskinversion_gt_x_y_z", "maskinversion_gt_x_y_z_2"]
+    runs = {(r.label_field, r.embeddings_field): r for r in mifo.list_region_runs(coco_dataset)}
+    assert runs[("gt_x", "y_z")].settings["iterations"] == 1 and runs[("gt", "x_y_z")].settings["iterations"] == 2
+    again = mifo.compute_region_embeddings(coco_dataset.limit(1), "gt", backbone=tiny, iterations=2,
+                                           embeddings_field="x_y_z")
+    assert again.computed == 0 and again.skipped_existing == second.computed  # found by its pair, not its key
+    mifo.delete_region_results(coco_dataset, "gt_x", "y_z")
+    assert [(r.label_field, r.embeddings_field) for r in mifo.list_region_runs(coco_dataset)] == [("gt", "x_y_z")]
+
+
+def test_a_prediction_field_of_another_run_is_not_applied(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1, embeddings_field="mi_b")
+    other = mifo.zero_shot_relabel(coco_dataset, "ground_truth", "mi_b", prompt=SINGLE, backbone=tiny)
+    with pytest.raises(ValueError, match="no predictions"):
+        mifo.apply_relabel(coco_dataset, "ground_truth", pred_field=other.pred_field, threshold=0.0)
+    with pytest.raises(ValueError, match="holds the predictions of"):
+        mifo.zero_shot_relabel(coco_dataset, "ground_truth", pred_field=other.pred_field, overwrite=True,
+                               backbone=tiny)
+    assert coco_dataset.count("ground_truth.detections.mi_original_label") == 0
