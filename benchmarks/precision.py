@@ -21,15 +21,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fiftyone_maskinversion import MaskInverter, load_backbone  # noqa: E402
+from gpu import cosines, unpack  # noqa: E402  (the GPU benchmark's pack reader)
 from fiftyone_maskinversion.synthetic import scenes  # noqa: E402
 from fiftyone_maskinversion.synthetic.weights import BLOCKS, register  # noqa: E402
 from tests.helpers import TINY_CONFIGS, make_backbone, register_tiny_configs  # noqa: E402
 
 COCO_DIR = REPO.parent / "shared" / "data" / "coco-val2017-mini"
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def compare(backbone, items, blocks=None) -> tuple:
@@ -48,8 +45,6 @@ def compare(backbone, items, blocks=None) -> tuple:
 
 def packed_items(pack: Path, min_masks: int):
     """The first images of a gpu.py pack with at least ``min_masks`` instance masks in all."""
-    from gpu import unpack
-
     items, count = [], 0
     for image, masks in unpack(pack):
         if masks is not None and len(masks):
