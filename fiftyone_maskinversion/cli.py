@@ -142,6 +142,15 @@ def cmd_index(args) -> None:
     print(f"similarity index {results.key!r} over {results.total_index_size} regions")
 
 
+def cmd_visualize(args) -> None:
+    from .fo import visualize_regions
+
+    results = visualize_regions(_dataset(args.dataset), args.label_field, args.embeddings_field, method=args.method,
+                                overwrite=args.overwrite)
+    print(f"{results.config.method} layout {results.key!r} of {len(results.current_points)} regions: "
+          "open the App's Embeddings panel on this dataset and choose it")
+
+
 def cmd_delete(args) -> None:
     from .fo import delete_region_results
 
@@ -263,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("visualize", help="a 2-D layout of the region embeddings for the App's Embeddings panel")
+    _run_args(p)
+    p.add_argument("--method", default=None, help="umap, tsne or pca (default: umap when umap-learn is installed, "
+                   "else tsne)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("delete", help="delete one run's embeddings, heatmaps, predictions and index")
     _run_args(p)

@@ -16,6 +16,7 @@ from fiftyone_maskinversion.fo import (
     list_region_runs,
     search_regions,
     undo_relabel,
+    visualize_regions,
     zero_shot_relabel,
 )
 from fiftyone_maskinversion.fo.regions import SUPPORTED_TYPES
@@ -303,6 +304,35 @@ class SearchRegions(foo.Operator):
         return {"regions": len(view)}
 
 
+class VisualizeRegions(_Delegable):
+    op_name = "visualize_regions"
+    op_label = "MaskInversion: embeddings layout of the regions"
+    op_description = "A 2-D layout of the region embeddings for the Embeddings panel (FiftyOne Brain)"
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if _label_field_input(ctx, inputs, embedded_only=True):
+            _embeddings_field_input(ctx, inputs)
+            methods = types.RadioGroup()
+            for value, label in (("", "default (UMAP if installed, else t-SNE)"), ("umap", "UMAP"),
+                                 ("tsne", "t-SNE"), ("pca", "PCA")):
+                methods.add_choice(value, label=label)
+            inputs.enum("method", methods.values(), default="", label="Method", view=methods)
+            inputs.bool("overwrite", default=False, label="Replace this run's existing layout?")
+            inputs.view_target(ctx)
+            _delegation_input(inputs)
+        return _form(inputs, "Embeddings layout")
+
+    def execute(self, ctx):
+        params = ctx.params
+        results = visualize_regions(ctx.target_view(), params["label_field"],
+                                    params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
+                                    method=params.get("method") or None, overwrite=bool(params.get("overwrite")))
+        if not ctx.delegated:
+            ctx.ops.reload_dataset()
+        return {"brain_key": results.key, "regions": len(results.current_points)}
+
+
 class DeleteRegionResults(foo.Operator):
     @property
     def config(self):
@@ -331,6 +361,7 @@ def register(plugin):
         ApplyRelabel,
         FindMislabeled,
         SearchRegions,
+        VisualizeRegions,
         DeleteRegionResults,
     ):
         plugin.register(operator)

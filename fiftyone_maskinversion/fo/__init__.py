@@ -10,6 +10,7 @@ from .heatmaps import delete_orphaned_heatmaps, heatmaps_dataset, heatmaps_datas
 from .relabel import apply_relabel, find_mislabeled, undo_relabel, zero_shot_relabel
 from .runs import RegionRun, list_region_runs
 from .search import build_region_index, rank_regions, search_regions
+from .visualize import visualize_regions
 
 __all__ = [
     "RegionRun",
@@ -26,5 +27,6 @@ __all__ = [
     "rank_regions",
     "search_regions",
     "undo_relabel",
+    "visualize_regions",
     "zero_shot_relabel",
 ]

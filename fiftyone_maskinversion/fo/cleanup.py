@@ -9,14 +9,14 @@ from .runs import attribute_names, delete_run_record, list_region_runs, require_
 
 
 def delete_region_results(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD) -> dict:
-    """Remove one run's label attributes, heatmaps, prediction fields, similarity index and record, and
+    """Remove one run's label attributes, heatmaps, prediction fields, similarity index, layout and record, and
     the regions field derived from a Segmentation field once no other run uses it. Other runs' outputs
     stay. Applied relabels (labels changed by apply_relabel) are NOT reverted: use undo_relabel first.
     Returns what was deleted.
     """
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._dataset
-    deleted = {"attributes": [], "heatmaps": 0, "pred_fields": [], "brain_key": None, "regions_field": None}
+    deleted = {"attributes": [], "heatmaps": 0, "pred_fields": [], "brain_runs": [], "regions_field": None}
     path = list_path(dataset, run.regions_field)
     for name in attribute_names(run.embeddings_field).values():
         if dataset.has_field(f"{path}.{name}"):
@@ -27,9 +27,10 @@ def delete_region_results(samples, label_field: str, embeddings_field: str = def
         if dataset.has_sample_field(pred_field):
             dataset.delete_sample_field(pred_field)
             deleted["pred_fields"].append(pred_field)
-    if run.brain_key and run.brain_key in dataset.list_brain_runs():
-        dataset.delete_brain_run(run.brain_key)
-        deleted["brain_key"] = run.brain_key
+    for key in (run.brain_key, run.visualization_key):
+        if key and key in dataset.list_brain_runs():
+            dataset.delete_brain_run(key)
+            deleted["brain_runs"].append(key)
     delete_run_record(dataset, run)
     others = [r for r in list_region_runs(dataset) if r.regions_field == run.regions_field]
     if run.derived and not others and dataset.has_sample_field(run.regions_field):

@@ -61,7 +61,7 @@ class RegionRunSummary:
     failed: List[tuple] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
-    index_removed: Optional[str] = None  # the run's similarity index, outdated by new embeddings
+    outdated_brain_runs: List[str] = field(default_factory=list)  # the run's index / layout, removed
 
     def describe(self) -> str:
         where = f"{self.regions_field}.{self.embeddings_field}"
@@ -72,9 +72,9 @@ class RegionRunSummary:
             f"embeddings, dice, iou: label attributes {where}, {where}_dice, {where}_iou; "
             f"heatmaps: dataset {self.heatmaps_dataset!r}",
         ]
-        if self.index_removed:
-            lines.append(f"similarity index {self.index_removed!r} was outdated and removed: rebuild it with "
-                         "build_region_index")
+        if self.outdated_brain_runs:
+            lines.append(f"brain runs {self.outdated_brain_runs} no longer covered every region and were removed: "
+                         "rebuild them with build_region_index / visualize_regions")
         return "\n".join(lines)
 
 
@@ -158,7 +158,7 @@ def compute_region_embeddings(
     finally:
         ahead.close()
     if summary.computed:
-        summary.index_removed = _drop_outdated_index(dataset, run)
+        summary.outdated_brain_runs = _drop_outdated_brain_runs(dataset, run)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -286,18 +286,21 @@ def _process_sample(sample, prepared: PreparedSample, run: RegionRun, inverter, 
                                             [region.id for region, _ in failed])
 
 
-def _drop_outdated_index(dataset, run: RegionRun) -> Optional[str]:
-    """Remove the run's similarity index (it lacks the new embeddings); returns its key, if any."""
-    key = run.brain_key
-    if not key:
-        return None
-    if key in dataset.list_brain_runs():
-        dataset.delete_brain_run(key)
-        logger.warning("similarity index %r no longer covers every region of %s and was removed; rebuild it "
-                       "with build_region_index", key, run.describe())
-    run.brain_key = None
-    save_run(dataset, run)
-    return key
+def _drop_outdated_brain_runs(dataset, run: RegionRun) -> List[str]:
+    """Remove the run's similarity index and layout (they lack the new embeddings); returns their keys."""
+    dropped = []
+    for attr in ("brain_key", "visualization_key"):
+        key = getattr(run, attr)
+        if key:
+            if key in dataset.list_brain_runs():
+                dataset.delete_brain_run(key)
+            setattr(run, attr, None)
+            dropped.append(key)
+    if dropped:
+        save_run(dataset, run)
+        logger.warning("brain runs %s no longer cover every region of %s and were removed; rebuild them with "
+                       "build_region_index / visualize_regions", dropped, run.describe())
+    return dropped
 
 
 def _declare_fields(dataset, path: str, names: dict) -> None:

@@ -37,7 +37,8 @@ class RegionRun:
     settings_id: str
     dataset_id: str
     pred_fields: List[str] = field(default_factory=list)
-    brain_key: Optional[str] = None
+    brain_key: Optional[str] = None  # similarity index (build_region_index)
+    visualization_key: Optional[str] = None  # 2-D layout (visualize_regions)
     version: str = ""
 
     @property

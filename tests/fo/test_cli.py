@@ -49,6 +49,9 @@ def test_a_run_by_name_then_its_follow_up_commands(dataset, tmp_path):
     not_embedded = crowd[0] if crowd else "0" * 24
     assert_one_line_error(cli("search", name, "--label-field", "ground_truth", "--region-id", not_embedded),
                           "has no embedding")
+    layout = cli("visualize", name, "--label-field", "ground_truth", "--method", "pca")
+    assert layout.returncode == 0 and f"pca layout 'maskinversion_ground_truth_mi_embedding_viz' of {regions} " \
+        "regions" in layout.stdout, layout.stderr
     runs = cli("runs", name)
     assert runs.returncode == 0 and "mi-test-tiny" in runs.stdout and "ground_truth_mi_embedding_relabel" in runs.stdout
 

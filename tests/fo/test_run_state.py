@@ -181,10 +181,15 @@ def test_random_weights_are_one_model_or_refused(coco_dataset, tiny):
 def test_search_sees_every_region_computed_since_and_ranks_by_cosine(coco_dataset, tiny):
     mifo.compute_region_embeddings(coco_dataset.limit(2), "ground_truth", backbone=tiny, iterations=2)
     mifo.build_region_index(coco_dataset, "ground_truth")
+    mifo.visualize_regions(coco_dataset, "ground_truth", method="pca")
+    owned = sorted(coco_dataset.list_brain_runs())
+    record = find_run(coco_dataset, "ground_truth", "mi_embedding")
+    assert owned == sorted([record.brain_key, record.visualization_key])
     first = mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
     assert len(first) == coco_dataset.count("ground_truth.detections.mi_embedding")
     summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
-    assert summary.index_removed and coco_dataset.list_brain_runs() == []  # the outdated index is gone
+    assert sorted(summary.outdated_brain_runs) == owned
+    assert coco_dataset.list_brain_runs() == []  # the outdated index and layout are gone
     everything = mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
     assert len(everything) == len(non_crowd_ids(coco_dataset)) > len(first)
     _, ranked = mifo.rank_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
@@ -296,3 +301,24 @@ def test_a_prediction_field_of_another_run_is_not_applied(coco_dataset, tiny):
         mifo.zero_shot_relabel(coco_dataset, "ground_truth", pred_field=other.pred_field, overwrite=True,
                                backbone=tiny)
     assert coco_dataset.count("ground_truth.detections.mi_original_label") == 0
+
+
+@pytest.mark.parametrize("method", ["tsne", "pca"])
+def test_a_layout_of_the_current_regions_for_the_embeddings_panel(coco_dataset, tiny, method):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    results = mifo.visualize_regions(coco_dataset, "ground_truth", method=method)
+    embedded = non_crowd_ids(coco_dataset)
+    assert results.config.method == method and results.config.patches_field == "ground_truth"
+    assert results.current_points.shape == (len(embedded), 2) and np.isfinite(results.current_points).all()
+    assert set(results.current_label_ids) == embedded  # one point per embedded region, crowd regions excluded
+    if method == "pca":  # independent check: PCA of the stored embeddings, up to each axis' sign
+        ids = list(results.current_label_ids)
+        vectors = np.stack([label_attr(coco_dataset, i, "mi_embedding") for i in ids])
+        centred = vectors - vectors.mean(axis=0)
+        expected = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+        np.testing.assert_allclose(np.abs(results.current_points), np.abs(expected), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="pass overwrite=True"):
+        mifo.visualize_regions(coco_dataset, "ground_truth", method=method)
+    deleted = mifo.delete_region_results(coco_dataset, "ground_truth")
+    assert deleted["brain_runs"] == ["maskinversion_ground_truth_mi_embedding_viz"]
+    assert coco_dataset.list_brain_runs() == []

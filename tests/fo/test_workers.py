@@ -128,7 +128,7 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
         [FIFTYONE_CLI, "operators", "list"], capture_output=True, text=True, check=True
     ).stdout
     for name in ("compute_region_embeddings", "zero_shot_relabel", "apply_relabel", "find_mislabeled",
-                 "search_regions", "delete_region_results"):
+                 "search_regions", "visualize_regions", "delete_region_results"):
         assert f"{PLUGIN}/{name}" in listing
 
     def run(operator, **params):
@@ -159,6 +159,9 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
         | set(coco_dataset.filter_labels("ground_truth", F("iscrowd") == 1).distinct("ground_truth.detections.label")))
     assert run("search_regions", label_field="ground_truth", text="a dog", k=4) == {"regions": 4}
     assert run("find_mislabeled", label_field="ground_truth") == {"regions": regions}
+    layout = run("visualize_regions", label_field="ground_truth", method="pca")
+    assert layout == {"brain_key": "maskinversion_ground_truth_mi_embedding_viz", "regions": regions}
+    assert coco_dataset.list_brain_runs() == [layout["brain_key"]]
 
     result = run("delete_region_results", label_field="ground_truth")
     assert result == {"deleted_attributes": 5, "deleted_heatmaps": regions, "deleted_pred_fields": 1}
