@@ -15,7 +15,7 @@ from PIL import Image
 
 import fiftyone_maskinversion.fo as mifo
 
-from ..helpers import REPO, delete_with_heatmaps, free_port, load_coco, save_checkpoint, wait_for_port
+from ..helpers import REPO, delete_with_heatmaps, free_port, load_coco, make_backbone, save_checkpoint, wait_for_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -108,5 +108,30 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         without_heatmap = _grid(page, "app-heatmaps-hidden.png")
         # the heatmap overlay changes the rendered grid substantially
         assert np.abs(with_heatmap - without_heatmap).mean() > 3.0
+    finally:
+        delete_with_heatmaps(dataset)
+
+
+def test_the_embeddings_panel_renders_the_region_layout(app_url, page):
+    dataset = load_coco(3, persistent=True)
+    try:
+        mifo.compute_region_embeddings(dataset, "ground_truth", backbone=make_backbone(seed=2), iterations=1)
+        results = mifo.visualize_regions(dataset, "ground_truth", method="pca")
+        count = len(results.current_points)
+        assert count == dataset.filter_labels("ground_truth", F("iscrowd") != 1).count("ground_truth.detections")
+        _open(page, f"{app_url}/datasets/{dataset.name}")
+        page.locator("[data-cy='new-panel-btn']").first.click()
+        page.get_by_text("Embeddings", exact=True).first.click()
+        page.get_by_text(results.key).first.click()
+        page.wait_for_selector(f"text={count} points", timeout=60_000)  # the panel's own point count
+        time.sleep(2)
+        panel = page.locator("[data-cy='panel-content-Embeddings']").first.bounding_box()
+        page.screenshot(path=str(ARTIFACTS / "app-embeddings.png"))
+        shot = np.asarray(Image.open(ARTIFACTS / "app-embeddings.png").convert("RGB"), dtype=np.int32)
+        plot = shot[int(panel["y"]) + 150: int(panel["y"] + panel["height"]) - 60,
+                    int(panel["x"]) + 20: int(panel["x"] + panel["width"]) - 20]
+        # the points are drawn in a saturated colour on the dark plot background
+        saturated = (plot.max(axis=2) - plot.min(axis=2)) > 80
+        assert saturated.sum() > 10 * count, saturated.sum()
     finally:
         delete_with_heatmaps(dataset)
