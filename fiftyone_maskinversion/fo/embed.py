@@ -19,6 +19,7 @@ from .prefetch import prefetched
 from .regions import (
     LabelError,
     attribute,
+    declare_attributes,
     derive_segmentation_regions,
     is_crowd,
     list_path,
@@ -137,7 +138,9 @@ def compute_region_embeddings(
     if run.derived:
         derive_segmentation_regions(shard_view, label_field)  # each worker derives its own shard
     names = attribute_names(embeddings_field)
-    _declare_fields(dataset, list_path(samples, regions_field), names)
+    declare_attributes(dataset, list_path(samples, regions_field), {
+        names["embedding"]: fo.VectorField, names["dice"]: fo.FloatField, names["iou"]: fo.FloatField,
+        names["error"]: fo.StringField, names["run"]: fo.StringField})  # the embedding as a VectorField: brain indexes it
     companion = heatmap_store.heatmaps_dataset(dataset, create=True)
 
     view = shard_view.select_fields(regions_field)
@@ -301,16 +304,6 @@ def _drop_outdated_brain_runs(dataset, run: RegionRun) -> List[str]:
         logger.warning("brain runs %s no longer cover every region of %s and were removed; rebuild them with "
                        "build_region_index / visualize_regions", dropped, run.describe())
     return dropped
-
-
-def _declare_fields(dataset, path: str, names: dict) -> None:
-    """Declare the label attributes (the embedding as a VectorField, so brain can index it)."""
-    kinds = {"embedding": fo.VectorField, "dice": fo.FloatField, "iou": fo.FloatField, "error": fo.StringField,
-             "run": fo.StringField}
-    for key, kind in kinds.items():
-        full = f"{path}.{names[key]}"
-        if not dataset.has_field(full):
-            dataset.add_sample_field(full, kind)
 
 
 def _shard(samples, shard: Optional[tuple]):

@@ -137,6 +137,16 @@ def _complete_targets(sample, label_field: str, targets: Optional[dict]) -> Opti
     return {**targets, **{v: str(v) for v in missing}}
 
 
+def declare_attributes(dataset, path: str, kinds: dict) -> None:
+    """Declare label attributes under a list path (``field.detections``) so the App's sidebar filters on
+    them; a kind is a field class, or (ListField, element class) for lists."""
+    for name, kind in kinds.items():
+        full = f"{path}.{name}"
+        if not dataset.has_field(full):
+            outer, inner = kind if isinstance(kind, tuple) else (kind, None)
+            dataset.add_sample_field(full, outer, **({"subfield": inner} if inner else {}))
+
+
 def geometry_copy(region, **attributes):
     """A new label (new id) with the same geometry as ``region`` and only the given attributes."""
     if isinstance(region, fo.Polyline):

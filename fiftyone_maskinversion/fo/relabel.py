@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
@@ -25,6 +26,7 @@ from . import heatmaps as heatmap_store
 from .regions import (
     attribute,
     container_of,
+    declare_attributes,
     geometry_copy,
     list_path,
     regions_field_for,
@@ -40,6 +42,9 @@ from .runs import (
 )
 
 ORIGINAL_LABEL = "mi_original_label"
+# what each prediction carries besides a label's own fields, declared so the App's sidebar filters on them
+PREDICTION_ATTRIBUTES = {"gt_label": fo.StringField, "mistakenness": fo.FloatField, "source_label_id": fo.StringField,
+                         "topk_labels": (fo.ListField, fo.StringField), "topk_scores": (fo.ListField, fo.FloatField)}
 
 
 @dataclass
@@ -107,6 +112,8 @@ def zero_shot_relabel(
         summary.regions += len(predictions)
         summary.changed += sum(p.label != p["gt_label"] for p in predictions)
         sample[pred_field] = container_of(predictions, container)
+    if dataset.has_sample_field(pred_field):
+        declare_attributes(dataset, list_path(dataset, pred_field), PREDICTION_ATTRIBUTES)
     return summary
 
 
@@ -164,6 +171,7 @@ def apply_relabel(
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
     run, pred_field = run_and_pred_field(samples, label_field, embeddings_field, pred_field)
+    declare_attributes(samples._dataset, list_path(samples, run.regions_field), {ORIGINAL_LABEL: fo.StringField})
     changes = {}
     view = samples.exists(pred_field).select_fields([run.regions_field, pred_field])
     for sample in view.iter_samples(autosave=True, progress=False):

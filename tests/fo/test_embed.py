@@ -171,6 +171,10 @@ def test_zero_shot_relabel_apply_and_undo(embedded, tiny):
     assert embedded.values("ground_truth.detections.label") == before  # ground truth untouched
     classes = sorted(set(embedded.distinct("ground_truth.detections.label")))
     assert summary.classes == classes and summary.regions == non_crowd(embedded)
+    schema = embedded.get_field_schema(flat=True)  # declared, so the App's sidebar can filter on them
+    for name, kind in {"gt_label": fo.StringField, "mistakenness": fo.FloatField, "topk_labels": fo.ListField,
+                       "topk_scores": fo.ListField, "source_label_id": fo.StringField}.items():
+        assert isinstance(schema[f"{PRED}.detections.{name}"], kind), name
     text = tiny.encode_text([f"a photo of a {c}." for c in classes]).numpy()  # one template: its own embedding
     scale = float(tiny.model.logit_scale.exp())
     sample = embedded.first()
@@ -192,6 +196,7 @@ def test_zero_shot_relabel_apply_and_undo(embedded, tiny):
         mifo.zero_shot_relabel(embedded, "ground_truth", backbone=tiny)
 
     changed = mifo.apply_relabel(embedded, "ground_truth", threshold=0.0)
+    assert isinstance(embedded.get_field("ground_truth.detections.mi_original_label"), fo.StringField)
     assert changed == summary.changed > 0
     after = embedded.first().ground_truth.detections
     preds = {p.source_label_id: p.label for p in embedded.first()[PRED].detections}
