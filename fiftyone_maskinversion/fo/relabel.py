@@ -79,7 +79,10 @@ def zero_shot_relabel(
     """Write ``pred_field``: a clone (same geometry) of each embedded region with the predicted label.
 
     Each prediction has ``label``, ``confidence``, ``topk_labels``/``topk_scores``, ``gt_label``,
-    ``mistakenness`` and ``source_label_id``. The vocabulary is ``classes`` or the field's distinct
+    ``mistakenness`` and ``source_label_id``; each embedded region of the field itself gets
+    ``<embeddings_field>_predicted_label``, ``_topk_labels``, ``_topk_scores`` and ``_mistakenness`` of
+    this (latest) relabel, for review in the App on the field the user already looks at; its ``label``
+    is not changed. The vocabulary is ``classes`` or the field's distinct
     labels; ``prompt`` is "ensemble" (CLIP's 80 templates) or one template such as "a photo of a {}.".
     The field belongs to the run (deleted with it); a field the run did not write is never overwritten.
     """
@@ -102,13 +105,24 @@ def zero_shot_relabel(
         save_run(dataset, run)
     if dataset.has_sample_field(pred_field):
         samples.clear_sample_field(pred_field)  # overwrite: no prediction of a region no longer embedded stays
-    view = current_regions(samples, run).select_fields(run.regions_field)
-    for sample in view.iter_samples(autosave=True, progress=False):
+    names = attribute_names(run.embeddings_field)
+    declare_attributes(dataset, path, {names["predicted_label"]: fo.StringField, names["mistakenness"]: fo.FloatField,
+                                       names["topk_labels"]: (fo.ListField, fo.StringField),
+                                       names["topk_scores"]: (fo.ListField, fo.FloatField)})
+    # whole label lists (never a filtered view of them), so saving cannot drop the regions not embedded
+    with_current = samples.select(current_regions(samples, run).values("id")).select_fields(run.regions_field)
+    for sample in with_current.iter_samples(autosave=True, progress=False):
         container = sample[run.regions_field]
-        embedded = regions_of(container)
+        embedded = [r for r in regions_of(container) if attribute(r, names["run"]) == run.settings_id
+                    and attribute(r, run.embeddings_field) is not None]
         probs = class_probabilities(backbone, np.stack([r[run.embeddings_field] for r in embedded]), text)
         scores = mistakenness(probs, np.array([index.get(r.label, -1) for r in embedded]))
         predictions = [_prediction(r, p, m, classes, top_k) for r, p, m in zip(embedded, probs, scores)]
+        for region, prediction in zip(embedded, predictions):  # the review attributes on the field itself
+            region[names["predicted_label"]] = prediction.label
+            region[names["mistakenness"]] = prediction["mistakenness"]
+            region[names["topk_labels"]] = prediction["topk_labels"]
+            region[names["topk_scores"]] = prediction["topk_scores"]
         summary.regions += len(predictions)
         summary.changed += sum(p.label != p["gt_label"] for p in predictions)
         sample[pred_field] = container_of(predictions, container)

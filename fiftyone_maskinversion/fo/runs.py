@@ -52,13 +52,19 @@ class RegionRun:
 
 
 def attribute_names(embeddings_field: str) -> dict:
-    """The label attributes one run writes, all prefixed by the embeddings field name."""
+    """The label attributes one run writes, all prefixed by the embeddings field name: the inversion's
+    (embedding, dice, iou, error, run) and the latest zero-shot relabel's (predicted label, top-k,
+    mistakenness), so the App's sidebar filters on the field the user reviews."""
     return {
         "embedding": embeddings_field,
         "dice": f"{embeddings_field}_dice",
         "iou": f"{embeddings_field}_iou",
         "error": f"{embeddings_field}_error",
         "run": f"{embeddings_field}_run",
+        "predicted_label": f"{embeddings_field}_predicted_label",
+        "topk_labels": f"{embeddings_field}_topk_labels",
+        "topk_scores": f"{embeddings_field}_topk_scores",
+        "mistakenness": f"{embeddings_field}_mistakenness",
     }
 
 

@@ -322,3 +322,30 @@ def test_a_layout_of_the_current_regions_for_the_embeddings_panel(coco_dataset, 
     deleted = mifo.delete_region_results(coco_dataset, "ground_truth")
     assert deleted["brain_runs"] == ["maskinversion_ground_truth_mi_embedding_viz"]
     assert coco_dataset.list_brain_runs() == []
+
+
+def test_relabel_review_attributes_land_on_the_field_itself_and_nothing_else_changes(coco_dataset, tiny):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    before = {d.id: (d.label, d.bounding_box, d.iscrowd) for d in coco_dataset.values("ground_truth.detections",
+                                                                                       unwind=True)}
+    summary = mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, backbone=tiny, top_k=3)
+    predictions = {p.source_label_id: p for p in coco_dataset.values(f"{summary.pred_field}.detections", unwind=True)}
+    after = coco_dataset.values("ground_truth.detections", unwind=True)
+    assert {d.id: (d.label, d.bounding_box, d.iscrowd) for d in after} == before  # every region kept, labels too
+    for region in after:
+        prediction = predictions.get(region.id)
+        if prediction is None:  # crowd regions have no embedding, so no review attributes
+            assert region.iscrowd and region.get_attribute_value("mi_embedding_predicted_label", None) is None
+            continue
+        assert region.mi_embedding_predicted_label == prediction.label
+        assert region.mi_embedding_topk_labels == prediction.topk_labels and len(region.mi_embedding_topk_scores) == 3
+        assert region.mi_embedding_mistakenness == pytest.approx(prediction.mistakenness)
+    assert isinstance(coco_dataset.get_field("ground_truth.detections.mi_embedding_mistakenness"), fo.FloatField)
+    # on a view that filters the labels, the hidden regions are not touched either
+    person = coco_dataset.filter_labels("ground_truth", F("label") == "person")
+    mifo.zero_shot_relabel(person, "ground_truth", prompt=SINGLE, backbone=tiny, overwrite=True)
+    assert {d.id: (d.label, d.bounding_box, d.iscrowd) for d in coco_dataset.values("ground_truth.detections",
+                                                                                    unwind=True)} == before
+    deleted = mifo.delete_region_results(coco_dataset, "ground_truth")
+    assert "ground_truth.detections.mi_embedding_mistakenness" in deleted["attributes"]
+    assert coco_dataset.count("ground_truth.detections") == len(before)

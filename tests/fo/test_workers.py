@@ -164,6 +164,7 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     assert coco_dataset.list_brain_runs() == [layout["brain_key"]]
 
     result = run("delete_region_results", label_field="ground_truth")
-    assert result == {"deleted_attributes": 5, "deleted_heatmaps": regions, "deleted_pred_fields": 1}
+    # 5 attributes of the inversion (embedding, dice, iou, error, run) + 4 of the relabel review on the field
+    assert result == {"deleted_attributes": 9, "deleted_heatmaps": regions, "deleted_pred_fields": 1}
     assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
     assert mifo.heatmaps_dataset(coco_dataset) is None and not coco_dataset.has_sample_field(pred_field)
