@@ -5,7 +5,13 @@ from __future__ import annotations
 from .. import defaults
 from . import heatmaps as heatmap_store
 from .regions import list_path
-from .runs import attribute_names, delete_run_record, list_region_runs, require_run
+from .runs import (
+    BRAIN_RUN_ATTRIBUTES,
+    attribute_names,
+    delete_run_record,
+    list_region_runs,
+    require_run,
+)
 
 
 def delete_region_results(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD) -> dict:
@@ -27,7 +33,7 @@ def delete_region_results(samples, label_field: str, embeddings_field: str = def
         if dataset.has_sample_field(pred_field):
             dataset.delete_sample_field(pred_field)
             deleted["pred_fields"].append(pred_field)
-    for key in (run.brain_key, run.visualization_key):
+    for key in (getattr(run, attribute) for attribute in BRAIN_RUN_ATTRIBUTES):
         if key and key in dataset.list_brain_runs():
             dataset.delete_brain_run(key)
             deleted["brain_runs"].append(key)

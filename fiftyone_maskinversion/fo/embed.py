@@ -28,6 +28,7 @@ from .regions import (
     regions_of,
 )
 from .runs import (
+    BRAIN_RUN_ATTRIBUTES,
     RegionRun,
     attribute_names,
     find_run,
@@ -292,7 +293,7 @@ def _process_sample(sample, prepared: PreparedSample, run: RegionRun, inverter, 
 def _drop_outdated_brain_runs(dataset, run: RegionRun) -> List[str]:
     """Remove the run's similarity index and layout (they lack the new embeddings); returns their keys."""
     dropped = []
-    for attr in ("brain_key", "visualization_key"):
+    for attr in BRAIN_RUN_ATTRIBUTES:
         key = getattr(run, attr)
         if key:
             if key in dataset.list_brain_runs():

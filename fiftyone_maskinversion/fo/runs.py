@@ -23,6 +23,7 @@ from . import heatmaps as heatmap_store
 from .regions import list_path, regions_field_for
 
 METHOD = "maskinversion"
+BRAIN_RUN_ATTRIBUTES = ("brain_key", "visualization_key")  # the brain runs a run owns
 
 
 @dataclass
@@ -189,6 +190,21 @@ def save_run(samples, run: RegionRun) -> None:
     """Persist a changed record (outputs added or removed, adoption by a clone)."""
     dataset = samples._dataset
     dataset.update_run_config(run.key, dataset.init_run(method=METHOD, **_config(run, run.version)))
+
+
+def claim_brain_key(samples, run: RegionRun, attribute: str, brain_key: str, overwrite: bool) -> None:
+    """Make ``brain_key`` the run's brain run ``attribute`` (see BRAIN_RUN_ATTRIBUTES). An existing brain
+    run of that key must be this run's own and overwrite asked for; it is then deleted. Recorded before
+    FiftyOne computes it, so a killed computation is still deleted with the run."""
+    dataset = samples._dataset
+    own = getattr(run, attribute)
+    if brain_key in dataset.list_brain_runs():
+        if not overwrite or brain_key != own:
+            raise ValueError(f"brain run {brain_key!r} exists in {dataset.name!r}"
+                             + ("; pass overwrite=True" if brain_key == own else " and is not this run's"))
+        dataset.delete_brain_run(brain_key)
+    setattr(run, attribute, brain_key)
+    save_run(dataset, run)
 
 
 def delete_run_record(samples, run: RegionRun) -> None:

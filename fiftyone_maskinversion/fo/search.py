@@ -24,7 +24,7 @@ from .. import defaults
 from ..core.backbone import Backbone, shipped_checkpoint, weights_obtainable
 from .regions import list_path
 from .relabel import current_regions
-from .runs import RegionRun, backbone_for, require_run, save_run
+from .runs import RegionRun, backbone_for, claim_brain_key, require_run
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +92,7 @@ def build_region_index(
     run = require_run(samples, label_field, embeddings_field)
     brain_key = brain_key or default_brain_key(run)
     dataset = samples._dataset
-    if brain_key in dataset.list_brain_runs():
-        if not overwrite or brain_key != run.brain_key:
-            raise ValueError(f"brain run {brain_key!r} exists in {dataset.name!r}"
-                             + ("; pass overwrite=True" if brain_key == run.brain_key else " and is not this run's"))
-        dataset.delete_brain_run(brain_key)
-    run.brain_key = brain_key
-    save_run(dataset, run)
+    claim_brain_key(dataset, run, "brain_key", brain_key, overwrite)
     embedded = current_regions(samples, run)
     index_kwargs = dict(
         patches_field=run.regions_field,

@@ -10,7 +10,7 @@ import fiftyone.brain as fob
 from .. import defaults
 from .regions import list_path
 from .relabel import current_regions
-from .runs import require_run, save_run
+from .runs import claim_brain_key, require_run
 
 METHODS = ("umap", "tsne", "pca")
 TSNE_PERPLEXITY = 30.0  # scikit-learn's default; it must stay below the number of regions
@@ -36,11 +36,6 @@ def visualize_regions(
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._dataset
     brain_key = brain_key or f"{run.key}_viz"
-    if brain_key in dataset.list_brain_runs():
-        if not overwrite or brain_key != run.visualization_key:
-            raise ValueError(f"brain run {brain_key!r} exists in {dataset.name!r}"
-                             + ("; pass overwrite=True" if brain_key == run.visualization_key else " and is not this run's"))
-        dataset.delete_brain_run(brain_key)
     embedded = current_regions(samples, run)
     path = f"{list_path(samples, run.regions_field)}.{run.embeddings_field}"
     count = embedded.count(path)
@@ -50,8 +45,7 @@ def visualize_regions(
     if method == "tsne":  # brain reduces to pca_dims (50) first: no more than the data has
         dims = len(next(v for v in embedded.limit(1).values(path, unwind=True) if v is not None))
         options = {"perplexity": min(TSNE_PERPLEXITY, (count - 1) / 3), "pca_dims": min(TSNE_PCA_DIMS, dims, count)}
-    run.visualization_key = brain_key
-    save_run(dataset, run)
+    claim_brain_key(dataset, run, "visualization_key", brain_key, overwrite)  # after every check
     fob.compute_visualization(embedded, patches_field=run.regions_field, embeddings=path, brain_key=brain_key,
                               method=method, num_dims=2, seed=0, progress=False, **options)
     return dataset.load_brain_results(brain_key)  # as stored: knows its key
