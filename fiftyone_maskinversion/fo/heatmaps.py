@@ -28,7 +28,11 @@ PREFIX = "maskinversion-heatmaps-"
 
 
 def heatmaps_dataset_name(dataset: fo.Dataset) -> str:
-    return f"{PREFIX}{dataset._doc.id}"
+    return _companion_name(str(dataset._doc.id))
+
+
+def _companion_name(dataset_id: str) -> str:
+    return f"{PREFIX}{dataset_id}"
 
 
 def heatmaps_dataset(dataset: fo.Dataset, create: bool = False) -> Optional[fo.Dataset]:
@@ -130,7 +134,7 @@ def update_labels(dataset: fo.Dataset, field_name: str, labels: Dict[str, str]) 
 
 def copy_for_clone(source_dataset_id: str, dataset: fo.Dataset, field_name: str, embeddings_field: str) -> int:
     """Copy a run's heatmaps from the dataset it was cloned from, for the labels this dataset holds."""
-    source_name = f"{PREFIX}{source_dataset_id}"
+    source_name = _companion_name(source_dataset_id)
     if not fo.dataset_exists(source_name):
         return 0
     label_ids = {i for ids in dataset.values(f"{list_path(dataset, field_name)}.id") for i in (ids or [])}
