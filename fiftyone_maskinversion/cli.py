@@ -49,6 +49,11 @@ def _blocks(text: Optional[str]):
         raise CommandError(f"--blocks {text!r}: expected comma-separated integers, e.g. -2,-1") from None
 
 
+def _classes(text: Optional[str]) -> Optional[list]:
+    """A comma-separated vocabulary, or None (the field's own labels)."""
+    return ([c.strip() for c in text.split(",") if c.strip()] or None) if text else None
+
+
 def _progress(done: int, total: int) -> None:
     print(f"\r  {done}/{total} samples", end="\n" if done == total else "", flush=True)
 
@@ -84,7 +89,7 @@ def cmd_compute(args) -> None:
 def cmd_relabel(args) -> None:
     from .fo import zero_shot_relabel
 
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    classes = _classes(args.classes)
     summary = zero_shot_relabel(
         _dataset(args.dataset),
         args.label_field,
@@ -110,7 +115,7 @@ def cmd_apply_relabel(args) -> None:
 
 
 def cmd_mislabeled(args) -> None:
-    from .fo import find_mislabeled
+    from .fo import find_mislabeled, prediction_of
     from .fo.relabel import run_and_pred_field
 
     dataset = _dataset(args.dataset)
@@ -118,8 +123,36 @@ def cmd_mislabeled(args) -> None:
     view = find_mislabeled(dataset, args.label_field, field, args.embeddings_field)
     print(f"{'mistakenness':>12}  {'label':<20} {'predicted':<20} sample / label id")
     for sample in view.limit(args.limit):
-        pred = sample[field]
+        pred = prediction_of(sample, field)
         print(f"{pred.mistakenness:12.3f}  {pred.gt_label:<20} {pred.label:<20} {sample.sample_id} / {pred.source_label_id}")
+
+
+def cmd_badmasks(args) -> None:
+    from .fo import find_bad_masks, find_missing_regions, score_masks
+    from .fo.runs import attribute_names, require_run
+
+    dataset = _dataset(args.dataset)
+    run = require_run(dataset, args.label_field, args.embeddings_field)
+    summary = score_masks(dataset, args.label_field, args.embeddings_field, classes=_classes(args.classes),
+                          prompt=args.prompt, suggest_missing=not args.no_missing,
+                          min_missing_score=args.min_missing_score, overwrite=args.overwrite, progress=_progress)
+    print(f"scored {summary.scored} regions ({summary.skipped_scored} already scored); "
+          f"{summary.suggested} suggested missing regions; {len(summary.failed)} failed")
+    for sample_id, label_id, reason in summary.failed:
+        print(f"  failed: sample {sample_id} label {label_id}: {reason}")
+    view = find_bad_masks(dataset, args.label_field, args.embeddings_field)
+    names = attribute_names(args.embeddings_field)
+    print(f"{'mask score':>10}  {'label':<20} {'inversion dice':>14}  sample / label id")
+    for patch in view.limit(args.limit):
+        region = patch[run.regions_field]
+        print(f"{region[names['mask_mistakenness']]:10.3f}  {region.label:<20} {region[names['dice']]:14.3f}  "
+              f"{patch.sample_id} / {region.id}")
+    if summary.missing_field:
+        print(f"suggested missing regions (field {summary.missing_field!r}):")
+        for patch in find_missing_regions(dataset, args.label_field, args.embeddings_field).limit(args.limit):
+            suggestion = patch[summary.missing_field]
+            print(f"{suggestion.confidence:10.3f}  {suggestion.label:<20} box {[round(v, 3) for v in suggestion.bounding_box]}"
+                  f"  {patch.sample_id}")
 
 
 def cmd_search(args) -> None:
@@ -199,7 +232,7 @@ def cmd_eval(args) -> None:
     backbone = load_backbone(args.model, pretrained=args.pretrained or None, image_size=args.image_size, device=args.device)
     results = run(backbone, folder, Path(args.out), tasks=tasks,
                   methods=args.methods.split(",") if args.methods else None, refs=refs,
-                  max_images=args.max_images, iterations=args.iterations, lr=args.lr, noise=args.noise,
+                  max_images=args.max_images, iterations=args.iterations, lr=args.lr, noise=args.noise, mask_noise=args.mask_noise,
                   blocks=blocks, precision=args.precision, title=args.title)
     print((Path(args.out) / "results.md").read_text())
     print(f"written: {args.out}/results.md, results.json, results.png ({results['images']} images)")
@@ -260,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_mislabeled)
 
+    p = sub.add_parser("badmasks", help="score every embedded region's mask, print the likely bad masks and the "
+                       "suggested missing regions")
+    _run_args(p)
+    p.add_argument("--classes", default=None, help="comma-separated vocabulary (default: the field's labels)")
+    p.add_argument("--prompt", default=defaults.PROMPT, help="'ensemble' or one template with {}")
+    p.add_argument("--no-missing", action="store_true", help="do not suggest missing regions")
+    p.add_argument("--min-missing-score", type=float, default=defaults.MIN_MISSING_SCORE)
+    p.add_argument("--overwrite", action="store_true", help="rescore regions that have a mask score")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_badmasks)
+
     p = sub.add_parser("search", help="regions most similar (cosine) to a text or to a region")
     _run_args(p)
     group = p.add_mutually_exclusive_group(required=True)
@@ -298,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", action="store_true", help="open the FiftyOne App on the result")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("eval", help="classify / refer / mislabel evaluations of all methods")
-    p.add_argument("tasks", nargs="*", help="classify, refer and/or mislabel (default: all three)")
+    p = sub.add_parser("eval", help="classify / refer / mislabel / badmask evaluations of all methods")
+    p.add_argument("tasks", nargs="*", help="classify, refer, mislabel and/or badmask (default: all four)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--coco-dir", help="COCO-format folder: images/ + instances.json")
     source.add_argument("--synthetic", type=int, metavar="N", help="N held-out synthetic scenes")
@@ -309,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--noise", type=float, default=defaults.MISLABEL_NOISE, help="fraction of labels corrupted for mislabel")
+    p.add_argument("--mask-noise", type=float, default=defaults.BADMASK_NOISE,
+                   help="fraction of masks corrupted for badmask")
     p.add_argument("--title", default="")
     p.add_argument("--out", default="eval-results")
     p.set_defaults(func=cmd_eval)

@@ -24,6 +24,9 @@ SINGLE_PROMPT = "a photo of a {}."
 TOP_K = 5
 RELABEL_THRESHOLD = 0.9
 SEARCH_K = 25
+MIN_FIDELITY = 0.1  # inversion Dice below which a region's prediction is flagged, not ranked as a mistake
+MIN_MISSING_SCORE = 0.4  # least score of a suggested missing region (see core.badmask)
 
 # evaluation
 MISLABEL_NOISE = 0.2  # fraction of labels corrupted by the mislabel task
+BADMASK_NOISE = 0.3  # fraction of masks corrupted by the badmask task

@@ -18,6 +18,7 @@ from . import defaults
 DEMO_DATASET = "maskinversion-demo"
 COCO_ENV = "MASKINVERSION_COCO_DIR"
 CORRUPTED = 4  # labels flipped in the synthetic demo
+BAD_MASKS = 3  # masks moved in the synthetic demo (two onto another object, one shifted by half its width)
 
 
 def find_coco_dir(coco_dir: Optional[str] = None) -> Optional[Path]:
@@ -45,10 +46,14 @@ def run_demo(
     from . import WeightsUnavailableError, load_backbone
     from .fo import (
         compute_region_embeddings,
+        find_bad_masks,
         find_mislabeled,
+        prediction_of,
+        score_masks,
         search_regions,
         zero_shot_relabel,
     )
+    from .fo.appearance import review_color_scheme
     from .synthetic import CLASSES
     from .synthetic.weights import BLOCKS, IMAGE_SIZE, MODEL_NAME, TAG
 
@@ -65,6 +70,7 @@ def run_demo(
         max_samples = max(max_samples, 24)
     dataset = _load(folder, max_samples)
     corrupted = _corrupt_labels(dataset, CLASSES) if backbone.model_name == MODEL_NAME else []
+    moved = _corrupt_masks(dataset) if corrupted else []
     print(f"dataset {DEMO_DATASET!r}: {len(dataset)} images, {dataset.count('ground_truth.detections')} regions, "
           f"model {backbone.model_name} / {backbone.pretrained} at {backbone.image_size} px")
 
@@ -80,9 +86,23 @@ def run_demo(
     if corrupted:
         print(f"{len(corrupted)} labels were corrupted on purpose: {', '.join(corrupted)}")
     print("most likely mislabeled regions:")
-    for sample in find_mislabeled(dataset, "ground_truth").limit(6):
-        pred = sample[relabel.pred_field]
+    for patch in find_mislabeled(dataset, "ground_truth").limit(6):
+        pred = prediction_of(patch, relabel.pred_field)
         print(f"  mistakenness {pred.mistakenness:.3f}: labelled {pred.gt_label!r}, looks like {pred.label!r}")
+    review = score_masks(dataset, "ground_truth", classes=classes, backbone=backbone)
+    print(f"mask review: {review.scored} regions scored, {review.suggested} missing regions suggested "
+          f"(field {review.missing_field!r})")
+    if moved:
+        print(f"{len(moved)} masks were moved on purpose: {'; '.join(moved)}")
+    print("most likely bad masks (mask mistakenness; see the README):")
+    bad_masks = find_bad_masks(dataset, "ground_truth")
+    for patch in bad_masks.limit(6):
+        region = patch.ground_truth
+        note = f" <- {region['mask_corruption']}" if region.has_field("mask_corruption") else ""
+        print(f"  {region['mi_embedding_mask_mistakenness']:.3f}: {region.label!r} ({region.id}){note}")
+    if moved:
+        ranks = [rank + 1 for rank, has in enumerate(bad_masks.values("ground_truth.mask_corruption")) if has]
+        print(f"  the moved masks rank {ranks} of {len(bad_masks)}")
     query = "a photo of a red circle" if corrupted else "a photo of a person"
     print(f"regions most similar to {query!r}:")
     for sample in search_regions(dataset, "ground_truth", text=query, k=5, backbone=backbone):
@@ -90,7 +110,7 @@ def run_demo(
     print(f"\nOpen it: `fiftyone app launch {DEMO_DATASET}`; per-region heatmaps are in "
           f"{summary.heatmaps_dataset!r}")
     if launch_app:
-        fo.launch_app(dataset).wait()
+        fo.launch_app(dataset, color_scheme=review_color_scheme(dataset)).wait()
 
 
 def _synthetic_folder(count: int) -> Path:
@@ -120,6 +140,31 @@ def _load(folder: Path, max_samples: int):
     )
     dataset.persistent = True
     return dataset
+
+
+def _corrupt_masks(dataset) -> list:
+    """Move the masks of a few regions (seeded, samples other than the relabelled ones), recording
+    what was done in ``mask_corruption``: the first region of two samples gets the mask of another
+    object of its image; one more is shifted right by half its box's width."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    moved = []
+    candidates = [s for s in dataset.iter_samples(autosave=True) if len(s.ground_truth.detections) >= 2
+                  and not any(d.has_field("true_label") for d in s.ground_truth.detections)]
+    for number, index in enumerate(rng.choice(len(candidates), size=min(BAD_MASKS, len(candidates)), replace=False)):
+        sample = candidates[index]
+        det, other = sample.ground_truth.detections[:2]
+        if number < BAD_MASKS - 1:
+            det.bounding_box, det.mask = list(other.bounding_box), other.mask.copy()
+            det["mask_corruption"] = f"moved onto the {other.label}"
+        else:
+            x, y, w, h = det.bounding_box
+            det.bounding_box = [min(x + w / 2, 1 - w), y, w, h]
+            det["mask_corruption"] = "shifted by half its width"
+        moved.append(f"{det.label}: {det['mask_corruption']} ({det.id})")
+        sample.save()
+    return moved
 
 
 def _corrupt_labels(dataset, classes) -> list:

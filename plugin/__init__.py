@@ -12,13 +12,17 @@ from fiftyone_maskinversion.fo import (
     apply_relabel,
     compute_region_embeddings,
     delete_region_results,
+    find_bad_masks,
     find_mislabeled,
     list_region_runs,
+    score_masks,
     search_regions,
     undo_relabel,
     visualize_regions,
     zero_shot_relabel,
 )
+from fiftyone_maskinversion.fo.appearance import review_color_scheme
+from fiftyone_maskinversion.fo.heatmaps import region_heatmaps_view, source_dataset
 from fiftyone_maskinversion.fo.regions import SUPPORTED_TYPES
 
 
@@ -56,6 +60,24 @@ def _progress(ctx, what):
         ctx.set_progress(progress=done / max(total, 1), label=f"{what}: {done}/{total} samples")
 
     return report
+
+
+def _show(ctx, view):
+    """Open a review view in the App, with masks drawn so that the object shows through."""
+    review_color_scheme(ctx.dataset)
+    ctx.ops.reload_dataset()
+    ctx.ops.set_view(view)
+
+
+def _prompt_input(inputs):
+    prompts = types.RadioGroup()
+    prompts.add_choice(defaults.PROMPT, label="CLIP template ensemble")
+    prompts.add_choice(defaults.SINGLE_PROMPT, label=defaults.SINGLE_PROMPT)
+    inputs.enum("prompt", prompts.values(), default=defaults.PROMPT, label="Prompts", view=prompts)
+
+
+def _classes(params):
+    return [c.strip() for c in (params.get("classes") or "").split(",") if c.strip()] or None
 
 
 def _blocks(text):
@@ -189,10 +211,7 @@ class ZeroShotRelabel(_Delegable):
         if _label_field_input(ctx, inputs, embedded_only=True):
             _embeddings_field_input(ctx, inputs)
             inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
-            prompts = types.RadioGroup()
-            prompts.add_choice(defaults.PROMPT, label="CLIP template ensemble")
-            prompts.add_choice(defaults.SINGLE_PROMPT, label=defaults.SINGLE_PROMPT)
-            inputs.enum("prompt", prompts.values(), default=defaults.PROMPT, label="Prompts", view=prompts)
+            _prompt_input(inputs)
             inputs.int("top_k", default=defaults.TOP_K, label="Top-k classes to keep")
             inputs.str("pred_field", default="", label="Predictions field",
                        description="empty: <label field>_<embeddings attribute>_relabel")
@@ -264,8 +283,71 @@ class FindMislabeled(foo.Operator):
         params = ctx.params
         view = find_mislabeled(ctx.dataset, params["label_field"], params.get("pred_field") or None,
                                params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
-        ctx.ops.set_view(view)
+        _show(ctx, view)
         return {"regions": len(view)}
+
+
+class FindBadMasks(_Delegable):
+    op_name = "find_bad_masks"
+    op_label = "MaskInversion: find bad masks and missing regions"
+    op_description = "Mask mistakenness of every embedded region (class-text LeGrad maps) and suggested missing regions"
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if _label_field_input(ctx, inputs, embedded_only=True):
+            _embeddings_field_input(ctx, inputs)
+            inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
+            _prompt_input(inputs)
+            inputs.bool("suggest_missing", default=True, label="Suggest missing regions?")
+            inputs.float("min_missing_score", default=defaults.MIN_MISSING_SCORE, label="Least suggestion score")
+            inputs.bool("overwrite", default=False, label="Rescore regions that already have a mask score?")
+            inputs.view_target(ctx)
+            _delegation_input(inputs)
+        return _form(inputs, "Find bad masks")
+
+    def execute(self, ctx):
+        params = ctx.params
+        field = params.get("embeddings_field", defaults.EMBEDDINGS_FIELD)
+        summary = score_masks(ctx.target_view(), params["label_field"], field, classes=_classes(params),
+                              prompt=params.get("prompt", defaults.PROMPT),
+                              suggest_missing=bool(params.get("suggest_missing", True)),
+                              min_missing_score=float(params.get("min_missing_score", defaults.MIN_MISSING_SCORE)),
+                              overwrite=bool(params.get("overwrite")), progress=_progress(ctx, "Mask review"))
+        if not ctx.delegated:
+            _show(ctx, find_bad_masks(ctx.target_view(), params["label_field"], field))
+        return {"scored": summary.scored, "suggested": summary.suggested, "failed": len(summary.failed),
+                "missing_field": summary.missing_field or ""}
+
+
+class ShowRegionHeatmaps(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="show_region_heatmaps", label="MaskInversion: show heatmaps of the selection",
+                                  dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if ctx.dataset is not None and source_dataset(ctx.dataset) is not None:
+            inputs.view("back", types.Notice(label="Back to the source dataset, its samples of this view selected"))
+        elif not (ctx.selected_labels or ctx.selected):
+            inputs.view("none", types.Warning(label="Select regions (or samples) in the App first"))
+        return _form(inputs, "Region heatmaps")
+
+    def execute(self, ctx):
+        source = source_dataset(ctx.dataset)
+        if source is not None:  # back from the heatmaps to the regions they explain
+            chosen = ctx.dataset.select(ctx.selected) if ctx.selected else ctx.view
+            ids = sorted(set(chosen.values("source_sample_id")))
+            ctx.ops.open_dataset(source.name)
+            ctx.ops.set_view(source.select(ids))
+            return {"dataset": source.name, "samples": len(ids)}
+        label_ids = [label["label_id"] for label in ctx.selected_labels]
+        view = region_heatmaps_view(ctx.dataset, label_ids=label_ids, sample_ids=[] if label_ids else ctx.selected)
+        if not len(view):
+            raise ValueError("no heatmap of the selection: select embedded regions (or samples with some)")
+        ctx.ops.open_dataset(view._dataset.name)
+        ctx.ops.set_view(view)
+        return {"dataset": view._dataset.name, "heatmaps": len(view)}
 
 
 class SearchRegions(foo.Operator):
@@ -300,7 +382,7 @@ class SearchRegions(foo.Operator):
             k=int(params.get("k", defaults.SEARCH_K)),
             embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
         )
-        ctx.ops.set_view(view)
+        _show(ctx, view)
         return {"regions": len(view)}
 
 
@@ -360,6 +442,8 @@ def register(plugin):
         ZeroShotRelabel,
         ApplyRelabel,
         FindMislabeled,
+        FindBadMasks,
+        ShowRegionHeatmaps,
         SearchRegions,
         VisualizeRegions,
         DeleteRegionResults,

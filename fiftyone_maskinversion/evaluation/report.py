@@ -34,6 +34,15 @@ def markdown(results: dict) -> str:
             precision = next(v for key, v in row.items() if key.startswith("precision@"))
             lines.append(f"| {method} | {row['auroc']:.3f} | {precision:.3f} | {row['corrupted']} / {row['instances']} |")
         lines.append("")
+    if "badmask" in results:
+        lines += ["## Bad-mask finding (corrupted: swap / shift / erode)", "",
+                  "| score | AUROC | precision@k | AUROC swap | AUROC shift | AUROC erode | corrupted / instances |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for method, row in results["badmask"].items():
+            precision = next(v for key, v in row.items() if key.startswith("precision@"))
+            lines.append(f"| {method} | {row['auroc']:.3f} | {precision:.3f} | {row['auroc_swap']:.3f} | "
+                         f"{row['auroc_shift']:.3f} | {row['auroc_erode']:.3f} | {row['corrupted']} / {row['instances']} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -51,6 +60,8 @@ def chart(results: dict, path: Path) -> None:
         panels.append(("referring Acc@1", {m: r["acc@1"] for m, r in results["refer"].items()}))
     if "mislabel" in results:
         panels.append(("mislabel AUROC", {m: r["auroc"] for m, r in results["mislabel"].items()}))
+    if "badmask" in results:
+        panels.append(("bad-mask AUROC", {m: r["auroc"] for m, r in results["badmask"].items()}))
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.5), squeeze=False)
     for ax, (name, values) in zip(axes[0], panels):
         ax.bar(list(values), list(values.values()), color=["#d62728" if m == "maskinversion" else "#7f7f7f" for m in values])

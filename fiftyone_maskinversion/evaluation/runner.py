@@ -11,6 +11,7 @@ from ..core.backbone import Backbone
 from ..core.precision import resolve_precision
 from .baselines import supported_methods
 from .report import chart, markdown
+from .badmask import badmask
 from .tasks import (
     class_text,
     classify,
@@ -20,7 +21,7 @@ from .tasks import (
     refer,
 )
 
-TASKS = ("classify", "refer", "mislabel")
+TASKS = ("classify", "refer", "mislabel", "badmask")
 
 
 def run(
@@ -36,6 +37,7 @@ def run(
     blocks: Optional[Sequence[int]] = None,
     precision: str = defaults.PRECISION,
     noise: float = defaults.MISLABEL_NOISE,
+    mask_noise: float = defaults.BADMASK_NOISE,
     title: str = "",
 ) -> dict:
     """All requested tasks and methods in one run; writes results.json, results.md and results.png."""
@@ -54,6 +56,10 @@ def run(
             results["classify"] = classify(backbone, data, embedded, texts)
         if "mislabel" in tasks:
             results["mislabel"] = mislabel(backbone, data, embedded, texts["ensemble"], noise=noise)
+    if "badmask" in tasks:
+        text = class_text(backbone, data.class_names)["single"]
+        results["badmask"] = badmask(backbone, data, methods, text, noise=mask_noise, **inverter)
+        results["mask_noise"] = mask_noise
     if "refer" in tasks:
         refs = Path(refs) if refs else folder / "expressions.json"
         expressions = json.loads(refs.read_text())

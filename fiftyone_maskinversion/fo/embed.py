@@ -29,6 +29,7 @@ from .regions import (
 )
 from .runs import (
     BRAIN_RUN_ATTRIBUTES,
+    REVIEW_ATTRIBUTES,
     RegionRun,
     attribute_names,
     find_run,
@@ -256,6 +257,9 @@ def _process_sample(sample, prepared: PreparedSample, run: RegionRun, inverter, 
         return
     failed, regions, masks = [], [], []
     for region in pending:
+        for key in REVIEW_ATTRIBUTES:  # they described the embedding about to be replaced
+            if attribute(region, names[key]) is not None:
+                region[names[key]] = None
         mask = prepared.image_error or prepared.masks.get(region.id)
         if isinstance(mask, (str, Exception)) or mask is None:
             failed.append((region, str(mask) if mask is not None else "the region changed while the run read it"))

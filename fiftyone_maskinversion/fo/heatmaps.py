@@ -57,6 +57,23 @@ def heatmaps_dataset(dataset: fo.Dataset, create: bool = False) -> Optional[fo.D
     return companion
 
 
+def region_heatmaps_view(dataset: fo.Dataset, label_ids: Iterable[str] = (), sample_ids: Iterable[str] = ()):
+    """The companion's samples of the given regions and of every region of the given samples."""
+    companion = heatmaps_dataset(dataset)
+    if companion is None:
+        raise ValueError(f"dataset {dataset.name!r} has no MaskInversion heatmaps: compute region embeddings first")
+    return companion.match(F("source_label_id").is_in(list(label_ids)) | F("source_sample_id").is_in(list(sample_ids)))
+
+
+def source_dataset(companion: fo.Dataset) -> Optional[fo.Dataset]:
+    """The dataset whose heatmaps ``companion`` holds (found by id, so a renamed dataset is found), else None."""
+    if not companion.name.startswith(PREFIX):
+        return None
+    wanted = companion.name[len(PREFIX):]
+    names = [doc["name"] for doc in foo.get_db_conn().datasets.find({}, {"name": 1}) if str(doc["_id"]) == wanted]
+    return fo.load_dataset(names[0]) if names else None
+
+
 def heatmap_label(heatmap: np.ndarray, grid: int) -> fo.Heatmap:
     """An 8-bit fo.Heatmap of a [0,1] map, stored at a few pixels per patch (the map is smooth)."""
     size = grid * HEATMAP_CELLS_PER_PATCH

@@ -81,15 +81,16 @@ def zero_shot_relabel(
     Each prediction has ``label``, ``confidence``, ``topk_labels``/``topk_scores``, ``gt_label``,
     ``mistakenness`` and ``source_label_id``; each embedded region of the field itself gets
     ``<embeddings_field>_predicted_label``, ``_topk_labels``, ``_topk_scores`` and ``_mistakenness`` of
-    this (latest) relabel, for review in the App on the field the user already looks at; its ``label``
-    is not changed. The vocabulary is ``classes`` or the field's distinct
+    this (latest) relabel, for review in the App on the field the user already looks at, and
+    ``_low_fidelity`` (the inversion's Dice < defaults.MIN_FIDELITY: its embedding may not describe the
+    region, so its prediction is not ranked by find_mislabeled); its ``label`` is not changed. The vocabulary is ``classes`` or the field's distinct
     labels; ``prompt`` is "ensemble" (CLIP's 80 templates) or one template such as "a photo of a {}.".
     The field belongs to the run (deleted with it); a field the run did not write is never overwritten.
     """
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._dataset
     pred_field = pred_field or default_pred_field(run)
-    _check_pred_field(dataset, run, pred_field, overwrite)
+    check_pred_field(dataset, run, pred_field, overwrite)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     templates = templates_for(prompt)
@@ -108,7 +109,8 @@ def zero_shot_relabel(
     names = attribute_names(run.embeddings_field)
     declare_attributes(dataset, path, {names["predicted_label"]: fo.StringField, names["mistakenness"]: fo.FloatField,
                                        names["topk_labels"]: (fo.ListField, fo.StringField),
-                                       names["topk_scores"]: (fo.ListField, fo.FloatField)})
+                                       names["topk_scores"]: (fo.ListField, fo.FloatField),
+                                       names["low_fidelity"]: fo.BooleanField})
     # whole label lists (never a filtered view of them), so saving cannot drop the regions not embedded
     with_current = samples.select(current_regions(samples, run).values("id")).select_fields(run.regions_field)
     for sample in with_current.iter_samples(autosave=True, progress=False):
@@ -123,6 +125,7 @@ def zero_shot_relabel(
             region[names["mistakenness"]] = prediction["mistakenness"]
             region[names["topk_labels"]] = prediction["topk_labels"]
             region[names["topk_scores"]] = prediction["topk_scores"]
+            region[names["low_fidelity"]] = bool(attribute(region, names["dice"]) < defaults.MIN_FIDELITY)
         summary.regions += len(predictions)
         summary.changed += sum(p.label != p["gt_label"] for p in predictions)
         sample[pred_field] = container_of(predictions, container)
@@ -131,7 +134,7 @@ def zero_shot_relabel(
     return summary
 
 
-def _check_pred_field(dataset, run: RegionRun, pred_field: str, overwrite: bool) -> None:
+def check_pred_field(dataset, run: RegionRun, pred_field: str, overwrite: bool) -> None:
     """A predictions field must be new, or this run's own and overwrite asked for."""
     if not isinstance(pred_field, str) or not pred_field.isidentifier() or pred_field.startswith("_"):
         raise ValueError(f"pred_field {pred_field!r} must be a plain field name")
@@ -168,6 +171,12 @@ def run_and_pred_field(samples, label_field: str, embeddings_field: str, pred_fi
         raise ValueError(f"no predictions {pred_field!r} of {run.describe()}: run zero_shot_relabel first "
                          f"(its prediction fields: {run.pred_fields or 'none'})")
     return run, pred_field
+
+
+def prediction_of(patch, pred_field: str):
+    """The prediction shown beside a region in a :func:`find_mislabeled` patch (None if there is none)."""
+    predictions = regions_of(patch[pred_field])
+    return predictions[0] if predictions else None
 
 
 def apply_relabel(
@@ -219,8 +228,18 @@ def undo_relabel(samples, label_field: str) -> int:
 
 
 def find_mislabeled(samples, label_field: str, pred_field: Optional[str] = None,
-                    embeddings_field: str = defaults.EMBEDDINGS_FIELD):
-    """A patches view of the predictions, most likely mislabeled regions first (needs zero_shot_relabel)."""
-    _, pred_field = run_and_pred_field(samples, label_field, embeddings_field, pred_field)
-    patches = samples.filter_labels(pred_field, F("mistakenness") != None).to_patches(pred_field)  # noqa: E711
-    return patches.sort_by(F(f"{pred_field}.mistakenness"), reverse=True)
+                    embeddings_field: str = defaults.EMBEDDINGS_FIELD, include_low_fidelity: bool = False):
+    """A patches view of the annotated regions, most likely mislabeled first (needs zero_shot_relabel).
+
+    Each patch shows the annotated region and, beside it, its prediction (``pred_field``, same geometry,
+    label = the predicted class with its confidence), so a tile says both what was annotated and what
+    is guessed. Regions flagged ``_low_fidelity`` are left out unless ``include_low_fidelity``."""
+    run, pred_field = run_and_pred_field(samples, label_field, embeddings_field, pred_field)
+    names = attribute_names(run.embeddings_field)
+    ranked = F(names["mistakenness"]) != None  # noqa: E711
+    if not include_low_fidelity:
+        ranked &= F(names["low_fidelity"]) != True  # noqa: E712
+    patches = samples.filter_labels(run.regions_field, ranked).to_patches(run.regions_field, other_fields=[pred_field])
+    own = F("source_label_id") == F(f"${run.regions_field}._id").to_string()
+    return patches.filter_labels(pred_field, own, only_matches=False).sort_by(
+        F(f"{run.regions_field}.{names['mistakenness']}"), reverse=True)

@@ -54,8 +54,9 @@ class RegionRun:
 
 def attribute_names(embeddings_field: str) -> dict:
     """The label attributes one run writes, all prefixed by the embeddings field name: the inversion's
-    (embedding, dice, iou, error, run) and the latest zero-shot relabel's (predicted label, top-k,
-    mistakenness), so the App's sidebar filters on the field the user reviews."""
+    (embedding, dice, iou, error, run), the latest zero-shot relabel's (predicted label, top-k,
+    mistakenness, low fidelity) and the mask review's (mask mistakenness), so the App's sidebar filters
+    on the field the user reviews."""
     return {
         "embedding": embeddings_field,
         "dice": f"{embeddings_field}_dice",
@@ -66,7 +67,14 @@ def attribute_names(embeddings_field: str) -> dict:
         "topk_labels": f"{embeddings_field}_topk_labels",
         "topk_scores": f"{embeddings_field}_topk_scores",
         "mistakenness": f"{embeddings_field}_mistakenness",
+        "low_fidelity": f"{embeddings_field}_low_fidelity",
+        "mask_mistakenness": f"{embeddings_field}_mask_mistakenness",
     }
+
+
+# the attributes that describe one embedding: cleared whenever a region's embedding is recomputed
+REVIEW_ATTRIBUTES = ("predicted_label", "topk_labels", "topk_scores", "mistakenness", "low_fidelity",
+                     "mask_mistakenness")
 
 
 def settings_digest(settings: dict) -> str:

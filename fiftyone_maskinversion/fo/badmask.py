@@ -1,0 +1,150 @@
+"""The bad-mask finder on a dataset: a mask mistakenness score on every embedded region, suggested
+missing regions, and the views that rank them (the score itself is defined in core.badmask)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import fiftyone as fo
+import numpy as np
+from fiftyone import ViewField as F
+
+from .. import defaults
+from ..core.backbone import Backbone
+from ..core.badmask import review_masks
+from ..core.inputs import InputError, load_rgb
+from ..core.zeroshot import class_embeddings, templates_for
+from .regions import LabelError, attribute, declare_attributes, list_path, region_mask, regions_of
+from .relabel import check_pred_field, current_regions
+from .runs import RegionRun, attribute_names, backbone_for, require_run, save_run
+
+
+@dataclass
+class MaskReviewSummary:
+    """What a mask review wrote: scored regions, suggested missing regions, and what failed (sample id,
+    label id or None for the image, reason)."""
+
+    missing_field: Optional[str]
+    scored: int = 0
+    skipped_scored: int = 0
+    suggested: int = 0
+    failed: List[tuple] = field(default_factory=list)
+
+
+def default_missing_field(run: RegionRun) -> str:
+    return f"{run.label_field}_{run.embeddings_field}_missing"
+
+
+def score_masks(
+    samples,
+    label_field: str,
+    embeddings_field: str = defaults.EMBEDDINGS_FIELD,
+    classes: Optional[Sequence[str]] = None,
+    prompt: str = defaults.PROMPT,
+    suggest_missing: bool = True,
+    missing_field: Optional[str] = None,
+    min_missing_score: float = defaults.MIN_MISSING_SCORE,
+    overwrite: bool = False,
+    backbone: Optional[Backbone] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> MaskReviewSummary:
+    """Write ``<embeddings_field>_mask_mistakenness`` on every region embedded by the run (regions
+    already scored are kept unless ``overwrite``) and, with ``suggest_missing``, a Detections field of
+    suggested missing regions (``label``, ``bounding_box``, ``confidence`` = the suggestion's score),
+    owned by the run. One image forward per sample; the vocabulary is ``classes`` or the field's labels.
+    """
+    run = require_run(samples, label_field, embeddings_field)
+    dataset = samples._dataset
+    if isinstance(min_missing_score, bool) or not isinstance(min_missing_score, (int, float)) \
+            or not 0 <= min_missing_score <= 1:
+        raise ValueError(f"min_missing_score must be a number in [0, 1], got {min_missing_score!r}")
+    missing_field = (missing_field or default_missing_field(run)) if suggest_missing else None
+    if missing_field:
+        check_pred_field(dataset, run, missing_field, overwrite=True)
+    templates = templates_for(prompt)
+    backbone = backbone_for(run, backbone)
+    path = list_path(samples, run.regions_field)
+    classes = list(classes) if classes else sorted(set(samples.distinct(f"{path}.label")))
+    text = class_embeddings(backbone, classes, templates)
+    index = {name: i for i, name in enumerate(classes)}
+    names = attribute_names(run.embeddings_field)
+    summary = MaskReviewSummary(missing_field)
+
+    if missing_field and missing_field not in run.pred_fields:
+        run.pred_fields.append(missing_field)  # owned before the first write, so delete removes it
+        save_run(dataset, run)
+    declare_attributes(dataset, path, {names["mask_mistakenness"]: fo.FloatField})
+    if missing_field and not dataset.has_sample_field(missing_field):
+        dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    fields = [run.regions_field] + ([missing_field] if missing_field else [])
+    view = samples.select(current_regions(samples, run).values("id")).select_fields(fields)
+    total = len(view)
+    for number, sample in enumerate(view.iter_samples(autosave=True, progress=False)):
+        _review_sample(sample, run, backbone, text, index, missing_field, min_missing_score, overwrite, summary)
+        if progress:
+            progress(number + 1, total)
+    return summary
+
+
+def _review_sample(sample, run: RegionRun, backbone, text, index, missing_field, min_missing_score, overwrite,
+                   summary: MaskReviewSummary) -> None:
+    """Score one sample's embedded regions (every region with a mask covers the image for suggestions)."""
+    names = attribute_names(run.embeddings_field)
+    regions = regions_of(sample[run.regions_field])
+    current = [r for r in regions if attribute(r, names["run"]) == run.settings_id
+               and attribute(r, run.embeddings_field) is not None]
+    todo = {r.id for r in current if overwrite or attribute(r, names["mask_mistakenness"]) is None}
+    summary.skipped_scored += len(current) - len(todo)
+    if not todo and not missing_field:
+        return
+    try:
+        image = load_rgb(sample.filepath, min_side=backbone.patch_size)
+    except InputError as err:
+        summary.failed.append((sample.id, None, str(err)))
+        return
+    used, masks = [], []
+    for region in regions:
+        try:
+            masks.append(region_mask(region, image.width, image.height))
+            used.append(region)
+        except LabelError as err:
+            if region.id in todo:
+                summary.failed.append((sample.id, region.id, str(err)))
+    if not used:
+        return
+    dice = [attribute(r, names["dice"]) if r.id in todo else np.nan for r in used]
+    labels = [index.get(r.label, -1) for r in used]
+    review = review_masks(backbone, image, masks, labels, text, np.array(dice, dtype=float),
+                          blocks=run.settings.get("blocks"), min_missing_score=min_missing_score if missing_field else None)
+    for region, score in zip(used, review.mask_mistakenness):
+        if region.id in todo:
+            region[names["mask_mistakenness"]] = None if np.isnan(score) else float(score)
+            summary.scored += 1
+    if missing_field:
+        classes = list(index)
+        sample[missing_field] = fo.Detections(detections=[
+            fo.Detection(label=classes[m.class_index], bounding_box=m.box, confidence=m.score) for m in review.missing])
+        summary.suggested += len(review.missing)
+
+
+def find_bad_masks(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD, **scoring):
+    """A patches view of the field's regions, the most likely bad masks first; regions not scored yet
+    are scored first (``scoring``: the arguments of :func:`score_masks`)."""
+    run = require_run(samples, label_field, embeddings_field)
+    name = attribute_names(run.embeddings_field)["mask_mistakenness"]
+    unscored = current_regions(samples, run).filter_labels(run.regions_field, F(name) == None)  # noqa: E711
+    if len(unscored) or scoring.get("overwrite"):
+        score_masks(samples, label_field, embeddings_field, **scoring)
+    patches = samples.filter_labels(run.regions_field, F(name) != None).to_patches(run.regions_field)  # noqa: E711
+    return patches.sort_by(F(f"{run.regions_field}.{name}"), reverse=True)
+
+
+def find_missing_regions(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD,
+                         missing_field: Optional[str] = None):
+    """A patches view of the suggested missing regions, the most confident first (needs score_masks)."""
+    run = require_run(samples, label_field, embeddings_field)
+    missing_field = missing_field or default_missing_field(run)
+    if missing_field not in run.pred_fields or not samples._dataset.has_sample_field(missing_field):
+        raise ValueError(f"no suggested regions {missing_field!r} of {run.describe()}: run score_masks first")
+    return samples.to_patches(missing_field).sort_by(F(f"{missing_field}.confidence"), reverse=True)
