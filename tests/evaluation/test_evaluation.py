@@ -54,3 +54,6 @@ def test_a_whole_run_writes_table_chart_and_json(tiny, tmp_path):
     assert results["refer"]["clip"]["acc@1"] == pytest.approx(first)
     stored = json.loads((tmp_path / "out" / "results.json").read_text())
     assert stored["mislabel"]["clip"]["instances"] == results["instances"]
+    assert "Bad-mask finding" in table and "| legrad_dice |" in table
+    assert set(stored["badmask"]) == {"maskinversion", "maskinversion_class", "legrad_dice", "clip"}
+    assert stored["badmask"]["maskinversion"]["instances"] == results["instances"]

@@ -52,6 +52,17 @@ def test_a_run_by_name_then_its_follow_up_commands(dataset, tmp_path):
     layout = cli("visualize", name, "--label-field", "ground_truth", "--method", "pca")
     assert layout.returncode == 0 and f"pca layout 'maskinversion_ground_truth_mi_embedding_viz' of {regions} " \
         "regions" in layout.stdout, layout.stderr
+    mislabeled = cli("mislabeled", name, "--label-field", "ground_truth", "--limit", "2")
+    rows = mislabeled.stdout.strip().splitlines()[1:]
+    assert mislabeled.returncode == 0 and len(rows) == 2, mislabeled.stderr
+    assert {row.split()[-1] for row in rows} <= set(dataset.values("ground_truth.detections.id", unwind=True))
+    bad = cli("badmasks", name, "--label-field", "ground_truth", "--prompt", "a photo of a {}.", "--limit", "3",
+              "--min-missing-score", "0")
+    assert bad.returncode == 0 and f"scored {regions} regions (0 already scored)" in bad.stdout, bad.stderr
+    listed = [float(line.split()[0]) for line in bad.stdout.split("sample / label id\n")[1].splitlines()[:3]]
+    stored = dataset.values("ground_truth.detections.mi_embedding_mask_mistakenness", unwind=True)
+    assert listed == pytest.approx(sorted((v for v in stored if v is not None), reverse=True)[:3], abs=1e-3)
+    assert "suggested missing regions (field 'ground_truth_mi_embedding_missing')" in bad.stdout
     runs = cli("runs", name)
     assert runs.returncode == 0 and "mi-test-tiny" in runs.stdout and "ground_truth_mi_embedding_relabel" in runs.stdout
 
@@ -66,4 +77,5 @@ def test_other_errors_are_one_line_too(dataset):
     assert_one_line_error(cli("compute", dataset.name, "--label-field", "ground_truth", "--model", "mi-test-tiny",
                               "--pretrained", "", "--image-size", "64"), "random weights")
     assert_one_line_error(cli("relabel", dataset.name, "--label-field", "ground_truth"), "no region embeddings")
+    assert_one_line_error(cli("badmasks", dataset.name, "--label-field", "ground_truth"), "no region embeddings")
     assert dataset.list_runs() == []

@@ -211,8 +211,8 @@ def test_zero_shot_relabel_apply_and_undo(embedded, tiny):
 
 def test_find_mislabeled_sorts_by_mistakenness(embedded, tiny):
     mifo.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny)
-    view = mifo.find_mislabeled(embedded, "ground_truth")
-    scores = view.values(f"{PRED}.mistakenness")
+    view = mifo.find_mislabeled(embedded, "ground_truth", include_low_fidelity=True)
+    scores = view.values("ground_truth.mi_embedding_mistakenness")
     assert len(scores) == non_crowd(embedded) and scores == sorted(scores, reverse=True)
 
 

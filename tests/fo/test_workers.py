@@ -128,11 +128,13 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
         [FIFTYONE_CLI, "operators", "list"], capture_output=True, text=True, check=True
     ).stdout
     for name in ("compute_region_embeddings", "zero_shot_relabel", "apply_relabel", "find_mislabeled",
-                 "search_regions", "visualize_regions", "delete_region_results"):
+                 "find_bad_masks", "show_region_heatmaps", "search_regions", "visualize_regions",
+                 "delete_region_results"):
         assert f"{PLUGIN}/{name}" in listing
 
-    def run(operator, **params):
-        ctx = {"dataset": coco_dataset.name, "view": coco_dataset.view(), "params": params}
+    def run(operator, dataset=coco_dataset, selected_labels=(), selected=(), **params):
+        ctx = {"dataset": dataset.name, "view": dataset.view(), "params": params,
+               "selected_labels": list(selected_labels), "selected": list(selected)}
         return foo.execute_operator(f"{PLUGIN}/{operator}", ctx=ctx).result
 
     regions = expected_regions(coco_dataset)
@@ -158,13 +160,28 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
         {p.gt_label for p in coco_dataset.values(f"{pred_field}.detections", unwind=True)}
         | set(coco_dataset.filter_labels("ground_truth", F("iscrowd") == 1).distinct("ground_truth.detections.label")))
     assert run("search_regions", label_field="ground_truth", text="a dog", k=4) == {"regions": 4}
-    assert run("find_mislabeled", label_field="ground_truth") == {"regions": regions}
+    low = len(coco_dataset.filter_labels("ground_truth", F("mi_embedding_low_fidelity") == True).values(  # noqa: E712
+        "ground_truth.detections", unwind=True))
+    assert run("find_mislabeled", label_field="ground_truth") == {"regions": regions - low}
+    result = run("find_bad_masks", label_field="ground_truth", prompt="a photo of a {}.", min_missing_score=0.0)
+    assert result["scored"] == regions == coco_dataset.count("ground_truth.detections.mi_embedding_mask_mistakenness")
+    assert result["suggested"] == coco_dataset.count(f"{result['missing_field']}.detections") > 0
+    assert coco_dataset.app_config.color_scheme.opacity < 0.5  # the views it opens let the object show through
+    region = coco_dataset.first().ground_truth.detections[0]
+    shown = run("show_region_heatmaps", selected_labels=[{"label_id": region.id, "sample_id": coco_dataset.first().id,
+                                                          "field": "ground_truth"}])
+    companion = mifo.heatmaps_dataset(coco_dataset)
+    assert shown == {"dataset": companion.name, "heatmaps": 1}
+    back = run("show_region_heatmaps", dataset=companion, selected=companion.match(
+        F("source_label_id") == region.id).values("id"))
+    assert back == {"dataset": coco_dataset.name, "samples": 1}
     layout = run("visualize_regions", label_field="ground_truth", method="pca")
     assert layout == {"brain_key": "maskinversion_ground_truth_mi_embedding_viz", "regions": regions}
     assert coco_dataset.list_brain_runs() == [layout["brain_key"]]
 
     result = run("delete_region_results", label_field="ground_truth")
-    # 5 attributes of the inversion (embedding, dice, iou, error, run) + 4 of the relabel review on the field
-    assert result == {"deleted_attributes": 9, "deleted_heatmaps": regions, "deleted_pred_fields": 1}
+    # 5 attributes of the inversion (embedding, dice, iou, error, run) + 5 of the relabel review on the field
+    # (predicted label, top-k labels and scores, mistakenness, low fidelity) + the mask score
+    assert result == {"deleted_attributes": 11, "deleted_heatmaps": regions, "deleted_pred_fields": 2}
     assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
     assert mifo.heatmaps_dataset(coco_dataset) is None and not coco_dataset.has_sample_field(pred_field)
