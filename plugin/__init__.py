@@ -2,6 +2,7 @@
 
 import os
 import socket
+import urllib.parse
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -22,7 +23,8 @@ from fiftyone_maskinversion.fo import (
     zero_shot_relabel,
 )
 from fiftyone_maskinversion.fo.appearance import review_color_scheme
-from fiftyone_maskinversion.fo.heatmaps import region_heatmaps_view, source_dataset
+from fiftyone_maskinversion.fo.heatmaps import SELECTION_VIEW, region_heatmaps_view, source_dataset
+from fiftyone_maskinversion.fo.preview import MAX_REGIONS, preview_data_uri
 from fiftyone_maskinversion.fo.regions import SUPPORTED_TYPES
 
 
@@ -328,7 +330,7 @@ class ShowRegionHeatmaps(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         if ctx.dataset is not None and source_dataset(ctx.dataset) is not None:
-            inputs.view("back", types.Notice(label="Back to the source dataset, its samples of this view selected"))
+            inputs.view("back", types.Notice(label="Back to the dataset these heatmaps explain"))
         elif not (ctx.selected_labels or ctx.selected):
             inputs.view("none", types.Warning(label="Select regions (or samples) in the App first"))
         return _form(inputs, "Region heatmaps")
@@ -336,18 +338,24 @@ class ShowRegionHeatmaps(foo.Operator):
     def execute(self, ctx):
         source = source_dataset(ctx.dataset)
         if source is not None:  # back from the heatmaps to the regions they explain
-            chosen = ctx.dataset.select(ctx.selected) if ctx.selected else ctx.view
-            ids = sorted(set(chosen.values("source_sample_id")))
             ctx.ops.open_dataset(source.name)
-            ctx.ops.set_view(source.select(ids))
-            return {"dataset": source.name, "samples": len(ids)}
+            return {"dataset": source.name}
         label_ids = [label["label_id"] for label in ctx.selected_labels]
-        view = region_heatmaps_view(ctx.dataset, label_ids=label_ids, sample_ids=[] if label_ids else ctx.selected)
+        view = region_heatmaps_view(ctx.dataset, label_ids=label_ids, sample_ids=[] if label_ids else ctx.selected,
+                                    save=True)
         if not len(view):
             raise ValueError("no heatmap of the selection: select embedded regions (or samples with some)")
-        ctx.ops.open_dataset(view._dataset.name)
-        ctx.ops.set_view(view)
-        return {"dataset": view._dataset.name, "heatmaps": len(view)}
+        name = view._dataset.name
+        return {"dataset": name, "heatmaps": len(view), "preview": preview_data_uri(view),
+                "open": f"/datasets/{urllib.parse.quote(name)}?view={SELECTION_VIEW}"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("preview", label=f"LeGrad heatmaps (the first {MAX_REGIONS})", view=types.ImageView())
+        outputs.str("open", label="All of them, full size: the heatmaps dataset's saved view "
+                    f"'{SELECTION_VIEW}'", view=types.LinkView())
+        outputs.int("heatmaps", label="heatmaps")
+        return types.Property(outputs)
 
 
 class SearchRegions(foo.Operator):

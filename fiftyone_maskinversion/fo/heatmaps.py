@@ -25,6 +25,7 @@ from .regions import container_of, geometry_copy, list_path, regions_of
 
 HEATMAP_CELLS_PER_PATCH = 4  # stored map: 4 x 4 pixels per patch; the App stretches it over the image
 PREFIX = "maskinversion-heatmaps-"
+SELECTION_VIEW = "selection"  # the companion's saved view of the regions last asked for
 
 
 def heatmaps_dataset_name(dataset: fo.Dataset) -> str:
@@ -57,12 +58,17 @@ def heatmaps_dataset(dataset: fo.Dataset, create: bool = False) -> Optional[fo.D
     return companion
 
 
-def region_heatmaps_view(dataset: fo.Dataset, label_ids: Iterable[str] = (), sample_ids: Iterable[str] = ()):
-    """The companion's samples of the given regions and of every region of the given samples."""
+def region_heatmaps_view(dataset: fo.Dataset, label_ids: Iterable[str] = (), sample_ids: Iterable[str] = (),
+                         save: bool = False):
+    """The companion's samples of the given regions and of every region of the given samples; ``save``
+    also stores it as the companion's saved view ``SELECTION_VIEW`` (so the App can open it by URL)."""
     companion = heatmaps_dataset(dataset)
     if companion is None:
         raise ValueError(f"dataset {dataset.name!r} has no MaskInversion heatmaps: compute region embeddings first")
-    return companion.match(F("source_label_id").is_in(list(label_ids)) | F("source_sample_id").is_in(list(sample_ids)))
+    view = companion.match(F("source_label_id").is_in(list(label_ids)) | F("source_sample_id").is_in(list(sample_ids)))
+    if save:
+        companion.save_view(SELECTION_VIEW, view, overwrite=True)
+    return view
 
 
 def source_dataset(companion: fo.Dataset) -> Optional[fo.Dataset]:

@@ -135,3 +135,69 @@ def test_the_embeddings_panel_renders_the_region_layout(app_url, page):
         assert saturated.sum() > 10 * count, saturated.sum()
     finally:
         delete_with_heatmaps(dataset)
+
+
+def _run_operator(page, label):
+    page.keyboard.press("Escape")
+    page.keyboard.press("`")
+    page.keyboard.type(label.split(": ", 1)[1])
+    page.get_by_text(label).first.click()
+    page.get_by_role("button", name="Execute").click()
+
+
+def test_a_selected_samples_heatmaps_one_action_away_and_back(app_url, page):
+    dataset = load_coco(3, persistent=True)
+    try:
+        mifo.compute_region_embeddings(dataset, "ground_truth", backbone=make_backbone(seed=2), iterations=1)
+        _open(page, f"{app_url}/datasets/{dataset.name}")
+        page.keyboard.press("Escape")
+        page.locator("[data-cy='looker']").first.hover()
+        page.locator("[data-cy='looker-checkbox-']").first.click()  # select the first sample of the grid
+        time.sleep(1)
+        _run_operator(page, "MaskInversion: show heatmaps of the selection")
+        page.wait_for_selector("img[src^='data:image/png']", timeout=60_000)
+        time.sleep(1)
+        page.screenshot(path=str(ARTIFACTS / "app-region-heatmaps-preview.png"))
+
+        companion = mifo.heatmaps_dataset(dataset)
+        companion.reload()  # the App server saved the view
+        selection = companion.load_saved_view("selection")
+        (sample_id,) = set(selection.values("source_sample_id"))  # the grid's first sample, all its regions
+        assert len(selection) == dataset.select(sample_id).count("ground_truth.detections.mi_embedding") > 0
+        from fiftyone_maskinversion.fo.preview import preview_data_uri
+
+        shown = page.locator("img[src^='data:image/png']").first.get_attribute("src")
+        assert shown == preview_data_uri(selection)  # the picture drawn from exactly those heatmaps
+
+        page.locator("a[href*='view=selection']").first.click()  # all of them, in the heatmaps dataset
+        page.wait_for_url(f"**/datasets/{companion.name}?view=selection", timeout=60_000)
+        page.wait_for_selector(f"text={len(selection)} samples", timeout=60_000)
+        time.sleep(2)
+        page.screenshot(path=str(ARTIFACTS / "app-region-heatmaps-selection.png"))
+
+        _run_operator(page, "MaskInversion: show heatmaps of the selection")  # and back
+        page.wait_for_url(f"**/datasets/{dataset.name}", timeout=60_000)
+        page.wait_for_selector(f"text={len(dataset)} samples", timeout=60_000)
+    finally:
+        delete_with_heatmaps(dataset)
+
+
+def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url, page):
+    dataset = load_coco(2, persistent=True)
+    try:
+        backbone = make_backbone(seed=2)
+        mifo.compute_region_embeddings(dataset, "ground_truth", backbone=backbone, iterations=1)
+        mifo.zero_shot_relabel(dataset, "ground_truth", prompt="a photo of a {}.", backbone=backbone)
+        expected = len(mifo.find_mislabeled(dataset, "ground_truth"))
+        _open(page, f"{app_url}/datasets/{dataset.name}")
+        _run_operator(page, "MaskInversion: show likely mislabeled regions")
+        page.wait_for_selector(f"text={expected} patches", timeout=60_000)
+        time.sleep(3)
+        page.screenshot(path=str(ARTIFACTS / "app-mislabeled.png"))
+        # both label fields are drawn on each tile: the annotation and its prediction
+        for field in ("ground_truth", "ground_truth_mi_embedding_relabel"):
+            assert page.locator(f"[data-cy='checkbox-{field}'] input:checked, "
+                                f"[data-cy='checkbox-{field}'] .Mui-checked").count() > 0, field
+        assert dataset.reload() is None and dataset.app_config.color_scheme.opacity < 0.5
+    finally:
+        delete_with_heatmaps(dataset)

@@ -171,10 +171,11 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     shown = run("show_region_heatmaps", selected_labels=[{"label_id": region.id, "sample_id": coco_dataset.first().id,
                                                           "field": "ground_truth"}])
     companion = mifo.heatmaps_dataset(coco_dataset)
-    assert shown == {"dataset": companion.name, "heatmaps": 1}
-    back = run("show_region_heatmaps", dataset=companion, selected=companion.match(
-        F("source_label_id") == region.id).values("id"))
-    assert back == {"dataset": coco_dataset.name, "samples": 1}
+    assert (shown["dataset"], shown["heatmaps"]) == (companion.name, 1)
+    assert shown["preview"].startswith("data:image/png;base64,")
+    assert shown["open"] == f"/datasets/{companion.name}?view=selection"
+    assert companion.load_saved_view("selection").values("source_label_id") == [region.id]
+    assert run("show_region_heatmaps", dataset=companion) == {"dataset": coco_dataset.name}
     layout = run("visualize_regions", label_field="ground_truth", method="pca")
     assert layout == {"brain_key": "maskinversion_ground_truth_mi_embedding_viz", "regions": regions}
     assert coco_dataset.list_brain_runs() == [layout["brain_key"]]
