@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import socket
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
@@ -61,6 +63,34 @@ def shipped_checkpoint(model_name: str, tag: str) -> Optional[str]:
     register_installed_weights()
     resolve = _SHIPPED.get((model_name, tag))
     return resolve() if resolve else None
+
+
+def open_clip_folder(model_name: str, checkpoint: str, quick_gelu: bool, cache_dir: Optional[str] = None) -> str:
+    """A folder that open_clip loads on its own as ``local-dir:<folder>``: the model's config (with its
+    activation) and a link to the checkpoint. A process that never imported this package (e.g. the
+    FiftyOne zoo model a similarity index names) then builds the same model from the same weights."""
+    config = dict(open_clip.get_model_config(model_name) or {})
+    if not config:
+        raise ValueError(f"unknown open_clip model {model_name!r}")
+    if quick_gelu:
+        config["quick_gelu"] = True
+    checkpoint = os.path.abspath(os.path.expanduser(checkpoint))
+    key = hashlib.sha256(json.dumps([model_name, checkpoint, config], sort_keys=True).encode()).hexdigest()[:16]
+    base = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fiftyone_maskinversion"
+    folder = base / "open_clip" / f"{model_name}-{key}"
+    link = folder / "open_clip_pytorch_model.bin"
+    if not (folder / "open_clip_config.json").is_file() or not link.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink(missing_ok=True)
+        try:
+            link.symlink_to(checkpoint)
+        except FileExistsError:  # another process made the same link meanwhile
+            pass
+        partial = folder / f"open_clip_config.{os.getpid()}.partial"
+        partial.write_text(json.dumps({"model_cfg": config}))
+        os.replace(partial, folder / "open_clip_config.json")
+    return str(folder)
 
 
 class WeightsUnavailableError(RuntimeError):

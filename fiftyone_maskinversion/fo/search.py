@@ -21,7 +21,7 @@ import numpy as np
 import open_clip
 
 from .. import defaults
-from ..core.backbone import Backbone, shipped_checkpoint, weights_obtainable
+from ..core.backbone import Backbone, open_clip_folder, shipped_checkpoint, weights_obtainable
 from .regions import list_path
 from .relabel import current_regions
 from .runs import RegionRun, backbone_for, claim_brain_key, require_run
@@ -119,19 +119,26 @@ def zoo_model_kwargs(run: RegionRun) -> Optional[dict]:
     """What FiftyOne's open-clip-torch zoo model needs to embed text exactly as the run's backbone does
     (same weights, same activation), or None when it cannot load them here (random weights, offline).
 
-    ``text_prompt`` is empty: the zoo model would otherwise prefix every query ("A photo of ...")."""
+    An open_clip tag is named as such (``<model>-quickgelu`` where the weights need it), which any
+    machine can load. Weights in a file (a checkpoint, or a tag an installed package ships) are named
+    as ``local-dir:`` of a folder holding the model's config and a link to the file, so a process that
+    never imported this package builds the same model; on another machine that folder must exist (any
+    use of the run there, e.g. ``build_region_index``, creates it). ``text_prompt`` is empty: the zoo
+    model would otherwise prefix every query ("A photo of ...")."""
     settings = run.settings
     name, pretrained = settings["model_name"], settings.get("pretrained")
     if not pretrained:
         return None
-    if settings.get("activation") == "quick_gelu" and not name.endswith("-quickgelu"):
+    quick_gelu = settings.get("activation") == "quick_gelu"
+    checkpoint = str(pretrained) if os.path.isfile(str(pretrained)) else shipped_checkpoint(name, pretrained)
+    if checkpoint:
+        return {"clip_model": f"local-dir:{open_clip_folder(name, checkpoint, quick_gelu)}", "pretrained": None,
+                "text_prompt": ""}
+    if quick_gelu and not name.endswith("-quickgelu"):
         if f"{name}-quickgelu" not in open_clip.list_models():
             return None  # the zoo model cannot be told to build QuickGELU for this architecture
         name = f"{name}-quickgelu"
-    if os.path.isfile(str(pretrained)):
-        source = str(pretrained)
-    else:
-        source = shipped_checkpoint(settings["model_name"], pretrained)
-        if source is None and weights_obtainable(settings["model_name"], pretrained):
-            source = pretrained if pretrained in open_clip.list_pretrained_tags_by_model(name) else None
-    return {"clip_model": name, "pretrained": source, "text_prompt": ""} if source else None
+    if not weights_obtainable(settings["model_name"], pretrained) or \
+            pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        return None
+    return {"clip_model": name, "pretrained": pretrained, "text_prompt": ""}

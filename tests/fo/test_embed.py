@@ -263,20 +263,45 @@ def test_index_for_a_pretrained_tag_falls_back_when_the_zoo_model_cannot_load(em
     assert view.first().ground_truth.id == region
 
 
+PLAIN_PROCESS_QUERY = """
+import sys, json, fiftyone as fo
+dataset = fo.load_dataset(sys.argv[1])
+view = dataset.to_patches("ground_truth").sort_by_similarity("a chair", k=4, brain_key=sys.argv[2])
+print(json.dumps({"ids": view.values("id"), "ours_imported": "fiftyone_maskinversion" in sys.modules}))
+"""
+
+
 def test_index_names_the_zoo_text_model_so_string_queries_work_like_the_app(coco_dataset, tmp_path):
     """The App's text search box sends the text to the index's own model; with a checkpoint file the
-    index names FiftyOne's open-clip-torch zoo model on it, which embeds a text exactly as we do."""
+    index names FiftyOne's open-clip-torch zoo model on a folder open_clip loads by itself, which embeds
+    a text exactly as we do, also in a plain Python process that never imported this package (and does
+    not know the model's config)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
     path = save_checkpoint(tmp_path / "tiny.pt", seed=7)
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", model_name="mi-test-tiny", pretrained=path,
                                    image_size=64, iterations=2)
     results = mifo.build_region_index(coco_dataset, "ground_truth")
     assert results.config.model == "open-clip-torch"
-    assert results.config.model_kwargs == {"clip_model": "mi-test-tiny", "pretrained": path, "text_prompt": ""}
+    kwargs = results.config.model_kwargs
+    assert kwargs["clip_model"].startswith("local-dir:") and kwargs["pretrained"] is None
     from fiftyone_maskinversion.fo.runs import backbone_for, find_run
 
     ours = backbone_for(find_run(coco_dataset, "ground_truth", "mi_embedding")).encode_text(["a chair"])[0]
     zoo = results.get_model().embed_prompt("a chair")
     np.testing.assert_allclose(zoo / np.linalg.norm(zoo), ours.numpy(), atol=1e-5)
+
+    coco_dataset.persistent = True  # visible to the other process
+    env = {k: v for k, v in os.environ.items() if k != "MASKINVERSION_MODEL_CONFIGS"}
+    plain = subprocess.run([sys.executable, "-c", PLAIN_PROCESS_QUERY, coco_dataset.name, results.key],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    got = json.loads(plain.stdout.strip().splitlines()[-1])
+    expected = coco_dataset.to_patches("ground_truth").sort_by_similarity("a chair", k=4, brain_key=results.key)
+    assert got == {"ids": expected.values("id"), "ours_imported": False}
 
 
 def test_the_index_zoo_model_of_an_openai_tag_embeds_text_like_the_run(monkeypatch, tmp_path):
