@@ -11,6 +11,7 @@ from ..core.backbone import Backbone
 from ..core.precision import resolve_precision
 from .baselines import supported_methods
 from .report import chart, markdown
+from ..core.zeroshot import class_embeddings, templates_for
 from .badmask import badmask
 from .tasks import (
     class_text,
@@ -57,7 +58,7 @@ def run(
         if "mislabel" in tasks:
             results["mislabel"] = mislabel(backbone, data, embedded, texts["ensemble"], noise=noise)
     if "badmask" in tasks:
-        text = class_text(backbone, data.class_names)["single"]
+        text = class_embeddings(backbone, data.class_names, templates_for(defaults.SINGLE_PROMPT))
         results["badmask"] = badmask(backbone, data, methods, text, noise=mask_noise, **inverter)
         results["mask_noise"] = mask_noise
     if "refer" in tasks:

@@ -66,7 +66,7 @@ def test_a_segmentation_field_is_used_by_its_own_name_everywhere(semantic, tiny,
     relabel = mifo.zero_shot_relabel(dataset, "semantic", prompt=SINGLE, backbone=tiny)
     assert relabel.pred_field == "semantic_mi_embedding_relabel"
     assert relabel.regions == dataset.count("semantic_regions.detections.mi_embedding")
-    assert len(mifo.find_mislabeled(dataset, "semantic")) == relabel.regions
+    assert len(mifo.find_mislabeled(dataset, "semantic", include_low_fidelity=True)) == relabel.regions
     assert len(mifo.search_regions(dataset, "semantic", text="a dog", k=3, backbone=tiny)) == 3
     changed = mifo.apply_relabel(dataset, "semantic", threshold=0.0)
     assert changed == dataset.count("semantic_regions.detections.mi_original_label")
