@@ -65,10 +65,11 @@ def _progress(ctx, what):
 
 
 def _show(ctx, view):
-    """Open a review view in the App, with masks drawn so that the object shows through."""
-    review_color_scheme(ctx.dataset)
-    ctx.ops.reload_dataset()
+    """Open a review view in the App, with masks drawn so that the object shows through (the dataset's
+    scheme, set to the review scheme if the user has none, applied to the open App as well)."""
+    scheme = review_color_scheme(ctx.dataset)
     ctx.ops.set_view(view)
+    ctx.trigger("set_color_scheme", params={"color_by": scheme.color_by, "opacity": scheme.opacity})
 
 
 def _prompt_input(inputs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Sequence, Union
 
 import numpy as np
@@ -23,15 +24,26 @@ def templates_for(prompt: str) -> tuple:
     return (prompt,)
 
 
+_RECENT: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()  # the last few vocabularies' embeddings
+RECENT_VOCABULARIES = 4
+
+
 def class_embeddings(backbone: Backbone, classes: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
     """C x D unit vectors: per class, the normalised mean of its normalised prompt embeddings
-    (open_clip's zero-shot classifier builder)."""
+    (open_clip's zero-shot classifier builder). The last few results are kept: relabel and the mask
+    review of one run embed the same vocabulary (80 templates x classes through the text tower)."""
     if not classes:
         raise ValueError("the class vocabulary is empty")
-    weights = build_zero_shot_classifier(
-        backbone.model, backbone.tokenizer, list(classes), list(templates), device=backbone.device
-    )
-    return weights.T.float().contiguous()
+    key = (id(backbone.model), backbone.weights_id, tuple(classes), tuple(templates))
+    if key not in _RECENT:
+        weights = build_zero_shot_classifier(
+            backbone.model, backbone.tokenizer, list(classes), list(templates), device=backbone.device
+        )
+        _RECENT[key] = weights.T.float().contiguous()
+        while len(_RECENT) > RECENT_VOCABULARIES:
+            _RECENT.popitem(last=False)
+    _RECENT.move_to_end(key)
+    return _RECENT[key]
 
 
 def class_probabilities(backbone: Backbone, embeddings: np.ndarray, classes_emb: torch.Tensor) -> np.ndarray:
