@@ -79,6 +79,16 @@ def _prompt_input(inputs):
     inputs.enum("prompt", prompts.values(), default=defaults.PROMPT, label="Prompts", view=prompts)
 
 
+def _vocabulary_inputs(ctx, inputs):
+    """Field, run, vocabulary and prompts: what the zero-shot steps ask; False when no field has a run."""
+    if not _label_field_input(ctx, inputs, embedded_only=True):
+        return False
+    _embeddings_field_input(ctx, inputs)
+    inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
+    _prompt_input(inputs)
+    return True
+
+
 def _classes(params):
     return [c.strip() for c in (params.get("classes") or "").split(",") if c.strip()] or None
 
@@ -211,10 +221,7 @@ class ZeroShotRelabel(_Delegable):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
-            inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
-            _prompt_input(inputs)
+        if _vocabulary_inputs(ctx, inputs):
             inputs.int("top_k", default=defaults.TOP_K, label="Top-k classes to keep")
             inputs.str("pred_field", default="", label="Predictions field",
                        description="empty: <label field>_<embeddings attribute>_relabel")
@@ -225,12 +232,11 @@ class ZeroShotRelabel(_Delegable):
 
     def execute(self, ctx):
         params = ctx.params
-        classes = [c.strip() for c in (params.get("classes") or "").split(",") if c.strip()]
         summary = zero_shot_relabel(
             ctx.target_view(),
             params["label_field"],
             embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
-            classes=classes or None,
+            classes=_classes(params),
             prompt=params.get("prompt", defaults.PROMPT),
             pred_field=params.get("pred_field") or None,
             top_k=int(params.get("top_k", defaults.TOP_K)),
@@ -297,10 +303,7 @@ class FindBadMasks(_Delegable):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
-            inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
-            _prompt_input(inputs)
+        if _vocabulary_inputs(ctx, inputs):
             inputs.bool("suggest_missing", default=True, label="Suggest missing regions?")
             inputs.float("min_missing_score", default=defaults.MIN_MISSING_SCORE, label="Least suggestion score")
             inputs.bool("overwrite", default=False, label="Rescore regions that already have a mask score?")
