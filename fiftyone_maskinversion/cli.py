@@ -135,7 +135,8 @@ def cmd_badmasks(args) -> None:
     run = require_run(dataset, args.label_field, args.embeddings_field)
     summary = score_masks(dataset, args.label_field, args.embeddings_field, classes=_classes(args.classes),
                           prompt=args.prompt, suggest_missing=not args.no_missing,
-                          min_missing_score=args.min_missing_score, overwrite=args.overwrite, progress=_progress)
+                          min_missing_score=args.min_missing_score, confirmation=args.confirmation,
+                          overwrite=args.overwrite, progress=_progress)
     print(f"scored {summary.scored} regions ({summary.skipped_scored} already scored); "
           f"{summary.suggested} suggested missing regions; {len(summary.failed)} failed")
     for sample_id, label_id, reason in summary.failed:
@@ -151,8 +152,8 @@ def cmd_badmasks(args) -> None:
         print(f"suggested missing regions (field {summary.missing_field!r}):")
         for patch in find_missing_regions(dataset, args.label_field, args.embeddings_field).limit(args.limit):
             suggestion = patch[summary.missing_field]
-            print(f"{suggestion.confidence:10.3f}  {suggestion.label:<20} box {[round(v, 3) for v in suggestion.bounding_box]}"
-                  f"  {patch.sample_id}")
+            print(f"{suggestion.confidence:10.3f}  {suggestion.label:<20} confirmed {suggestion['confirmation']:.2f} "
+                  f"box {[round(v, 3) for v in suggestion.bounding_box]}  {patch.sample_id}")
 
 
 def cmd_search(args) -> None:
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=defaults.PROMPT, help="'ensemble' or one template with {}")
     p.add_argument("--no-missing", action="store_true", help="do not suggest missing regions")
     p.add_argument("--min-missing-score", type=float, default=defaults.MIN_MISSING_SCORE)
+    p.add_argument("--confirmation", type=float, default=defaults.MISSING_CONFIRMATION,
+                   help="least p(class | MaskInversion embedding of a suggested box)")
     p.add_argument("--overwrite", action="store_true", help="rescore regions that have a mask score")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_badmasks)

@@ -25,7 +25,8 @@ TOP_K = 5
 RELABEL_THRESHOLD = 0.9
 SEARCH_K = 25
 MIN_FIDELITY = 0.1  # inversion Dice below which a region's prediction is flagged, not ranked as a mistake
-MIN_MISSING_SCORE = 0.4  # least score of a suggested missing region (see core.badmask)
+MIN_MISSING_SCORE = 0.1  # least score of a suggested missing region (see core.badmask)
+MISSING_CONFIRMATION = 0.7  # least p(class | MaskInversion embedding of its box) to keep a suggestion
 
 # evaluation
 MISLABEL_NOISE = 0.2  # fraction of labels corrupted by the mislabel task

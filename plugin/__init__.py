@@ -306,6 +306,8 @@ class FindBadMasks(_Delegable):
         if _vocabulary_inputs(ctx, inputs):
             inputs.bool("suggest_missing", default=True, label="Suggest missing regions?")
             inputs.float("min_missing_score", default=defaults.MIN_MISSING_SCORE, label="Least suggestion score")
+            inputs.float("confirmation", default=defaults.MISSING_CONFIRMATION,
+                         label="Least p(class | MaskInversion embedding of a suggested box)")
             inputs.bool("overwrite", default=False, label="Rescore regions that already have a mask score?")
             inputs.view_target(ctx)
             _delegation_input(inputs)
@@ -318,6 +320,7 @@ class FindBadMasks(_Delegable):
                               prompt=params.get("prompt", defaults.PROMPT),
                               suggest_missing=bool(params.get("suggest_missing", True)),
                               min_missing_score=float(params.get("min_missing_score", defaults.MIN_MISSING_SCORE)),
+                              confirmation=float(params.get("confirmation", defaults.MISSING_CONFIRMATION)),
                               overwrite=bool(params.get("overwrite")), progress=_progress(ctx, "Mask review"))
         if not ctx.delegated:
             _show(ctx, find_bad_masks(ctx.target_view(), params["label_field"], field))

@@ -10,7 +10,9 @@ Dice coefficient MaskInversion optimises. The first part is high when another cl
 explains the mask better than its own (a mask on the wrong object); the second when no embedding
 could make its map match the mask (a shifted or sloppy mask). A missing region is a hot part of a
 class map (E >= HOT) that no annotated region covers, in an image the zero-shot classifier thinks
-shows that class; its score is p(class | image) times the mean map value over that part.
+shows that class; its score is p(class | image) times the mean map value over that part. A min-max
+normalised map always has a hot part, so each candidate is then confirmed by the method itself: the
+MaskInversion embedding of its box must give the class a zero-shot probability >= ``confirmation``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .. import defaults
 from .backbone import Backbone
 from .block_state import capture_image_state, resolve_blocks
 from .inputs import ImageInput, MaskInput, load_rgb, prepare_masks
+from .inversion import MaskInverter
 from .legrad import make_engine, relevance_to_maps
 from .metrics import soft_dice_loss
 from .zeroshot import class_probabilities
@@ -44,6 +47,7 @@ class MissingRegion:
     class_index: int
     box: List[float]
     score: float
+    confirmation: float = float("nan")  # p(class | the MaskInversion embedding of the box)
 
 
 @dataclass
@@ -100,9 +104,12 @@ def review_masks(
     inversion_dice: Sequence[float],
     blocks: Optional[Sequence[int]] = defaults.BLOCKS,
     min_missing_score: Optional[float] = defaults.MIN_MISSING_SCORE,
+    inverter: Optional[MaskInverter] = None,
+    confirmation: float = defaults.MISSING_CONFIRMATION,
 ) -> MaskReview:
     """Mask mistakenness of N masks of one image and (unless ``min_missing_score`` is None) the
-    missing regions, from one image forward. ``labels``: each mask's row in ``text`` (C x D unit class
+    missing regions, from one image forward (and, for candidates, one inversion of their boxes by
+    ``inverter``, keeping those it confirms). ``labels``: each mask's row in ``text`` (C x D unit class
     embeddings; -1 = not in the vocabulary); ``inversion_dice``: the MaskInversion Dice of each mask."""
     rgb = load_rgb(image, min_side=backbone.patch_size)
     prepared = prepare_masks(masks, (rgb.height, rgb.width), backbone.image_size)
@@ -136,4 +143,26 @@ def review_masks(
     if min_missing_score is not None:
         covered = (grid_masks >= 0.5).any(dim=0).cpu().numpy() if len(grid_masks) else np.zeros(maps.shape[1:], bool)
         review.missing = missing_regions(maps.cpu().numpy(), classes, image_probs, covered, min_missing_score)
+        if inverter is not None and review.missing:
+            review.missing = confirmed(inverter, rgb, review.missing, text, confirmation)
     return review
+
+
+def confirmed(inverter: MaskInverter, image, candidates: List[MissingRegion], text: torch.Tensor,
+              least: float) -> List[MissingRegion]:
+    """The candidates whose box's MaskInversion embedding gives their class a probability >= ``least``."""
+    width, height = image.size
+    boxes = np.zeros((len(candidates), height, width), dtype=bool)
+    for k, candidate in enumerate(candidates):
+        x, y, w, h = candidate.box
+        boxes[k, round(y * height):round((y + h) * height), round(x * width):round((x + w) * width)] = True
+    embeddings = inverter.invert(image, boxes).embeddings
+    usable = np.flatnonzero(~np.isnan(embeddings).any(axis=1))
+    probs = class_probabilities(inverter.backbone, embeddings[usable], text) if len(usable) else []
+    kept = []
+    for row, p in zip(usable, probs):
+        candidate = candidates[row]
+        candidate.confirmation = float(p[candidate.class_index])
+        if candidate.confirmation >= least:
+            kept.append(candidate)
+    return kept

@@ -14,6 +14,7 @@ from .. import defaults
 from ..core.backbone import Backbone
 from ..core.badmask import review_masks
 from ..core.inputs import InputError, load_rgb
+from ..core.inversion import MaskInverter
 from ..core.zeroshot import class_embeddings, templates_for
 from .regions import LabelError, attribute, declare_attributes, list_path, region_mask, regions_of
 from .relabel import check_pred_field, current_regions
@@ -45,20 +46,23 @@ def score_masks(
     suggest_missing: bool = True,
     missing_field: Optional[str] = None,
     min_missing_score: float = defaults.MIN_MISSING_SCORE,
+    confirmation: float = defaults.MISSING_CONFIRMATION,
     overwrite: bool = False,
     backbone: Optional[Backbone] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> MaskReviewSummary:
     """Write ``<embeddings_field>_mask_mistakenness`` on every region embedded by the run (regions
     already scored are kept unless ``overwrite``) and, with ``suggest_missing``, a Detections field of
-    suggested missing regions (``label``, ``bounding_box``, ``confidence`` = the suggestion's score),
-    owned by the run. One image forward per sample; the vocabulary is ``classes`` or the field's labels.
+    suggested missing regions (``label``, ``bounding_box``, ``confidence`` = the suggestion's score,
+    ``confirmation`` = p(label | the MaskInversion embedding of the box, by the run's settings), kept
+    from ``confirmation``), owned by the run. One image forward per sample (and one inversion of the
+    candidate boxes where there are some); the vocabulary is ``classes`` or the field's labels.
     """
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._dataset
-    if isinstance(min_missing_score, bool) or not isinstance(min_missing_score, (int, float)) \
-            or not 0 <= min_missing_score <= 1:
-        raise ValueError(f"min_missing_score must be a number in [0, 1], got {min_missing_score!r}")
+    for name, value in (("min_missing_score", min_missing_score), ("confirmation", confirmation)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     missing_field = (missing_field or default_missing_field(run)) if suggest_missing else None
     if missing_field:
         check_pred_field(dataset, run, missing_field, overwrite=True)
@@ -70,6 +74,9 @@ def score_masks(
     index = {name: i for i, name in enumerate(classes)}
     names = attribute_names(run.embeddings_field)
     summary = MaskReviewSummary(missing_field)
+    settings = run.settings
+    inverter = MaskInverter(backbone, iterations=settings["iterations"], lr=settings["lr"], alpha=settings["alpha"],
+                            blocks=settings["blocks"], precision=settings.get("precision", "fp32"))
 
     if missing_field and missing_field not in run.pred_fields:
         run.pred_fields.append(missing_field)  # owned before the first write, so delete removes it
@@ -77,19 +84,23 @@ def score_masks(
     declare_attributes(dataset, path, {names["mask_mistakenness"]: fo.FloatField})
     if missing_field and not dataset.has_sample_field(missing_field):
         dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    if missing_field:
+        declare_attributes(dataset, list_path(dataset, missing_field), {"confirmation": fo.FloatField})
     fields = [run.regions_field] + ([missing_field] if missing_field else [])
     view = samples.select(current_regions(samples, run).values("id")).select_fields(fields)
     total = len(view)
     for number, sample in enumerate(view.iter_samples(autosave=True, progress=False)):
-        _review_sample(sample, run, backbone, text, index, missing_field, min_missing_score, overwrite, summary)
+        _review_sample(sample, run, inverter, text, index, missing_field, (min_missing_score, confirmation), overwrite,
+                       summary)
         if progress:
             progress(number + 1, total)
     return summary
 
 
-def _review_sample(sample, run: RegionRun, backbone, text, index, missing_field, min_missing_score, overwrite,
-                   summary: MaskReviewSummary) -> None:
+def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, missing_field, thresholds: tuple,
+                   overwrite, summary: MaskReviewSummary) -> None:
     """Score one sample's embedded regions (every region with a mask covers the image for suggestions)."""
+    backbone = inverter.backbone
     names = attribute_names(run.embeddings_field)
     regions = regions_of(sample[run.regions_field])
     current = [r for r in regions if attribute(r, names["run"]) == run.settings_id
@@ -115,8 +126,9 @@ def _review_sample(sample, run: RegionRun, backbone, text, index, missing_field,
         return
     dice = [attribute(r, names["dice"]) if r.id in todo else np.nan for r in used]
     labels = [index.get(r.label, -1) for r in used]
-    review = review_masks(backbone, image, masks, labels, text, np.array(dice, dtype=float),
-                          blocks=run.settings.get("blocks"), min_missing_score=min_missing_score if missing_field else None)
+    review = review_masks(backbone, image, masks, labels, text, np.array(dice, dtype=float), blocks=inverter.blocks,
+                          min_missing_score=thresholds[0] if missing_field else None, inverter=inverter,
+                          confirmation=thresholds[1])
     for region, score in zip(used, review.mask_mistakenness):
         if region.id in todo:
             region[names["mask_mistakenness"]] = None if np.isnan(score) else float(score)
@@ -124,7 +136,8 @@ def _review_sample(sample, run: RegionRun, backbone, text, index, missing_field,
     if missing_field:
         classes = list(index)
         sample[missing_field] = fo.Detections(detections=[
-            fo.Detection(label=classes[m.class_index], bounding_box=m.box, confidence=m.score) for m in review.missing])
+            fo.Detection(label=classes[m.class_index], bounding_box=m.box, confidence=m.score,
+                         confirmation=m.confirmation) for m in review.missing])
         summary.suggested += len(review.missing)
 
 

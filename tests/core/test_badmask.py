@@ -6,14 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fiftyone_maskinversion import legrad_maps
+from fiftyone_maskinversion import MaskInverter, legrad_maps
 from fiftyone_maskinversion.core.badmask import (
     HOT,
     MASK_FIDELITY_WEIGHT,
+    MissingRegion,
+    confirmed,
     mask_mistakenness,
     missing_regions,
     review_masks,
 )
+from fiftyone_maskinversion.core.inputs import load_rgb
+from fiftyone_maskinversion.core.zeroshot import class_probabilities
 from fiftyone_maskinversion.core.inputs import prepare_masks
 from fiftyone_maskinversion.evaluation.badmask import corrupt, eroded, shifted
 
@@ -79,6 +83,22 @@ def test_review_masks_marks_unusable_masks_and_suggests_from_candidates(tiny, sc
     assert scores == sorted(scores, reverse=True)
     for region in review.missing:
         assert 0 <= region.class_index < 6 and all(0 <= v <= 1 for v in region.box) and 0 <= region.score <= 1
+
+
+def test_a_suggestion_is_kept_when_its_boxs_own_embedding_confirms_its_class(tiny, scene):
+    image = load_rgb(scene[0])
+    text = F.normalize(torch.randn(3, tiny.embed_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+    candidates = [MissingRegion(0, [0.0, 0.0, 0.5, 0.5], 0.9), MissingRegion(2, [0.4, 0.2, 0.6, 0.8], 0.3)]
+    inverter = MaskInverter(tiny, iterations=2)
+    kept = confirmed(inverter, image, [MissingRegion(**vars(c)) for c in candidates], text, least=0.0)
+    boxes = np.zeros((2, image.height, image.width), bool)  # the boxes, rasterised here by hand
+    boxes[0, :round(0.5 * image.height), :round(0.5 * image.width)] = True
+    boxes[1, round(0.2 * image.height):, round(0.4 * image.width):] = True
+    probs = class_probabilities(tiny, MaskInverter(tiny, iterations=2).invert(image, boxes).embeddings, text)
+    assert [k.confirmation for k in kept] == pytest.approx([probs[0, 0], probs[1, 2]], abs=1e-6)
+    threshold = (probs[0, 0] + probs[1, 2]) / 2
+    strict = confirmed(inverter, image, [MissingRegion(**vars(c)) for c in candidates], text, least=threshold)
+    assert [k.class_index for k in strict] == [0 if probs[0, 0] >= threshold else 2]
 
 
 def _blob(size=40, box=(10, 10, 22, 26)):

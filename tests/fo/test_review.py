@@ -9,7 +9,7 @@ from bson import ObjectId
 from fiftyone import ViewField as F
 
 import fiftyone_maskinversion.fo as mifo
-from fiftyone_maskinversion import defaults
+from fiftyone_maskinversion import MaskInverter, defaults
 from fiftyone_maskinversion.core.badmask import review_masks
 from fiftyone_maskinversion.core.zeroshot import class_embeddings
 from fiftyone_maskinversion.fo.appearance import REVIEW_OPACITY, review_color_scheme
@@ -37,7 +37,8 @@ def ground_truth_snapshot(dataset):
 
 def test_mask_scores_are_the_core_review_of_each_sample_and_labels_stay(embedded, tiny):
     before = ground_truth_snapshot(embedded)
-    summary = mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, min_missing_score=0.0, backbone=tiny)
+    summary = mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, min_missing_score=0.0, confirmation=0.0,
+                               backbone=tiny)
     embedded_ids = set(embedded.filter_labels("ground_truth", F("mi_embedding").exists()).values(
         "ground_truth.detections.id", unwind=True))
     assert summary.scored == len(embedded_ids) and not summary.failed
@@ -46,18 +47,22 @@ def test_mask_scores_are_the_core_review_of_each_sample_and_labels_stay(embedded
 
     classes = sorted(embedded.distinct("ground_truth.detections.label"))
     text = class_embeddings(tiny, classes, [SINGLE])
+    settings = find_run(embedded, "ground_truth", "mi_embedding").settings
+    inverter = MaskInverter(tiny, iterations=settings["iterations"], blocks=settings["blocks"])  # the run's own
     for sample in embedded:
         regions = sample.ground_truth.detections
         masks = [region_mask(r, sample.metadata.width, sample.metadata.height) for r in regions]
         dice = [r.mi_embedding_dice if r.id in embedded_ids else np.nan for r in regions]
         expected = review_masks(tiny, sample.filepath, masks, [classes.index(r.label) for r in regions], text,
-                                np.array(dice, dtype=float), min_missing_score=0.0)
+                                np.array(dice, dtype=float), blocks=settings["blocks"], min_missing_score=0.0,
+                                inverter=inverter, confirmation=0.0)
         for region, score in zip(regions, expected.mask_mistakenness):
             stored = region.get_attribute_value(SCORE, None)
             assert (stored is None) if region.id not in embedded_ids else stored == pytest.approx(score, abs=1e-6)
         stored_missing = sample[MISSING].detections
-        assert [(m.label, m.confidence) for m in stored_missing] == [
-            (classes[m.class_index], pytest.approx(m.score)) for m in expected.missing]
+        assert [(m.label, m.confidence, m.confirmation) for m in stored_missing] == [
+            (classes[m.class_index], pytest.approx(m.score), pytest.approx(m.confirmation, abs=1e-5))
+            for m in expected.missing]
 
     view = mifo.find_bad_masks(embedded, "ground_truth")
     scores = view.values(f"ground_truth.{SCORE}")
@@ -95,6 +100,7 @@ def test_bad_arguments_and_foreign_fields_are_refused_before_writing(embedded, t
     for kwargs, message in (({"missing_field": "notes"}, "did not write"),
                             ({"missing_field": "ground_truth"}, "did not write"),
                             ({"min_missing_score": 2}, "min_missing_score"),
+                            ({"confirmation": -0.1}, "confirmation"),
                             ({"prompt": "no placeholder"}, "must contain")):
         with pytest.raises(ValueError, match=message):
             mifo.score_masks(embedded, "ground_truth", backbone=tiny, **kwargs)

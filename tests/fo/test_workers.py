@@ -163,7 +163,8 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     low = len(coco_dataset.filter_labels("ground_truth", F("mi_embedding_low_fidelity") == True).values(  # noqa: E712
         "ground_truth.detections", unwind=True))
     assert run("find_mislabeled", label_field="ground_truth") == {"regions": regions - low}
-    result = run("find_bad_masks", label_field="ground_truth", prompt="a photo of a {}.", min_missing_score=0.0)
+    result = run("find_bad_masks", label_field="ground_truth", prompt="a photo of a {}.", min_missing_score=0.0,
+                 confirmation=0.0)
     assert result["scored"] == regions == coco_dataset.count("ground_truth.detections.mi_embedding_mask_mistakenness")
     assert result["suggested"] == coco_dataset.count(f"{result['missing_field']}.detections") > 0
     assert coco_dataset.app_config.color_scheme.opacity < 0.5  # the views it opens let the object show through
