@@ -14,6 +14,7 @@ from fiftyone import ViewField as F
 from PIL import Image
 
 import fiftyone_maskinversion.fo as mifo
+from fiftyone_maskinversion.fo.appearance import REVIEW_OPACITY
 
 from ..helpers import REPO, delete_with_heatmaps, free_port, load_coco, make_backbone, save_checkpoint, wait_for_port
 
@@ -198,6 +199,11 @@ def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url,
         for field in ("ground_truth", "ground_truth_mi_embedding_relabel"):
             assert page.locator(f"[data-cy='checkbox-{field}'] input:checked, "
                                 f"[data-cy='checkbox-{field}'] .Mui-checked").count() > 0, field
-        assert dataset.reload() is None and dataset.app_config.color_scheme.opacity < 0.5
+        dataset.reload()
+        assert dataset.app_config.color_scheme.opacity == REVIEW_OPACITY  # stored as the dataset's default...
+        page.locator("[data-cy='action-color-settings']").first.click()
+        time.sleep(2)
+        sliders = page.evaluate("Array.from(document.querySelectorAll('input[type=range]')).map(e => e.value)")
+        assert str(REVIEW_OPACITY) in sliders  # ...and applied to the open App (the App's default is 0.7)
     finally:
         delete_with_heatmaps(dataset)
