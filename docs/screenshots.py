@@ -3,7 +3,7 @@
     .venv/bin/python docs/screenshots.py
 
 Starts the real App on localhost, drives Debian's headless Chromium with Playwright and writes
-docs/screenshots/{heatmaps,mislabeled,search}.png.
+docs/screenshots/{heatmaps,mislabeled,badmasks,search}.png (review views with the package's colour scheme).
 """
 
 import os
@@ -17,6 +17,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 import fiftyone_maskinversion.fo as mifo  # noqa: E402
 from fiftyone_maskinversion.demo import DEMO_DATASET  # noqa: E402
+from fiftyone_maskinversion.fo.appearance import review_color_scheme  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "screenshots"
 PORT = 5159
@@ -36,13 +37,17 @@ def main() -> None:
         page.wait_for_selector("text=last_modified_at", timeout=120_000)
         if page.get_by_text("Dismiss", exact=True).count():
             page.get_by_text("Dismiss", exact=True).first.click()
+        review = review_color_scheme(dataset)
         shots = [
-            ("heatmaps.png", heatmaps.sort_by("dice", reverse=True)),
-            ("mislabeled.png", mifo.find_mislabeled(dataset, "ground_truth")),
-            ("search.png", mifo.search_regions(dataset, "ground_truth", text="a photo of a red circle", k=12)),
+            ("heatmaps.png", heatmaps.sort_by("dice", reverse=True), None),
+            ("mislabeled.png", mifo.find_mislabeled(dataset, "ground_truth"), review),
+            ("badmasks.png", mifo.find_bad_masks(dataset, "ground_truth"), review),
+            ("search.png", mifo.search_regions(dataset, "ground_truth", text="a photo of a red circle", k=12), review),
         ]
-        for name, view in shots:
+        for name, view, scheme in shots:
             session.view = view
+            if scheme is not None:
+                session.color_scheme = scheme
             time.sleep(8)
             page.screenshot(path=str(OUT / name))
             print("wrote", OUT / name)
