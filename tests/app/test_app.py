@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,23 @@ def test_the_embeddings_panel_renders_the_region_layout(app_url, page):
         # the points are drawn in a saturated colour on the dark plot background
         saturated = (plot.max(axis=2) - plot.min(axis=2)) > 80
         assert saturated.sum() > 10 * count, saturated.sum()
+
+        page.get_by_text("Color by").first.click()  # colour the regions by their label
+        page.get_by_role("option", name="ground_truth.detections.label", exact=True).click()
+        page.wait_for_selector("text=Click to hide", timeout=30_000)
+        time.sleep(2)
+        page.screenshot(path=str(ARTIFACTS / "app-embeddings-by-label.png"))
+        text = page.locator("[data-cy='panel-content-Embeddings']").first.inner_text()
+        lines = text.split("GROUND_TRUTH.DETECTIONS.LABEL", 1)[1].split("Click to hide", 1)[0].split()
+        legend, name = {}, []
+        for word in lines:  # "<label words> <count>" pairs
+            if word.isdigit():
+                legend[" ".join(name)] = int(word)
+                name = []
+            else:
+                name.append(word)
+        embedded = dataset.filter_labels("ground_truth", F("mi_embedding").exists())
+        assert legend == dict(Counter(embedded.values("ground_truth.detections.label", unwind=True)))
     finally:
         delete_with_heatmaps(dataset)
 
