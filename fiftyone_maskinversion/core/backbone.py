@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -29,6 +30,7 @@ DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 _PIL_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 HUB_PROBE_TIMEOUT_S = 3.0
 EXTRA_CONFIGS_ENV = "MASKINVERSION_MODEL_CONFIGS"
+MODEL_DIR_ENV = "MASKINVERSION_MODEL_DIR"  # where open_clip_folder writes, if every machine should see it
 WEIGHTS_ENTRY_POINTS = "fiftyone_maskinversion.weights"
 WeightsResolver = Callable[[], str]
 _SHIPPED: Dict[Tuple[str, str], WeightsResolver] = {}
@@ -65,29 +67,33 @@ def shipped_checkpoint(model_name: str, tag: str) -> Optional[str]:
     return resolve() if resolve else None
 
 
-def open_clip_folder(model_name: str, checkpoint: str, quick_gelu: bool, cache_dir: Optional[str] = None) -> str:
+def open_clip_folder(model_name: str, checkpoint: str, quick_gelu: bool) -> str:
     """A folder that open_clip loads on its own as ``local-dir:<folder>``: the model's config (with its
-    activation) and a link to the checkpoint. A process that never imported this package (e.g. the
-    FiftyOne zoo model a similarity index names) then builds the same model from the same weights."""
+    activation) and the weights. A process that never imported this package (e.g. the FiftyOne zoo
+    model a similarity index names) then builds the same model from the same weights. The folder is
+    under the user's cache with a link to the checkpoint, or, when $MASKINVERSION_MODEL_DIR names a
+    folder every machine sees (a team sharing one database), there with a copy of the weights."""
     config = dict(open_clip.get_model_config(model_name) or {})
     if not config:
         raise ValueError(f"unknown open_clip model {model_name!r}")
     if quick_gelu:
         config["quick_gelu"] = True
     checkpoint = os.path.abspath(os.path.expanduser(checkpoint))
+    shared = os.environ.get(MODEL_DIR_ENV)
+    base = Path(shared) if shared else Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fiftyone_maskinversion" / "open_clip"
     key = hashlib.sha256(json.dumps([model_name, checkpoint, config], sort_keys=True).encode()).hexdigest()[:16]
-    base = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fiftyone_maskinversion"
-    folder = base / "open_clip" / f"{model_name}-{key}"
-    link = folder / "open_clip_pytorch_model.bin"
-    if not (folder / "open_clip_config.json").is_file() or not link.exists():
+    folder = base / f"{model_name}-{key}"
+    weights = folder / "open_clip_pytorch_model.bin"
+    if not (folder / "open_clip_config.json").is_file() or not weights.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink():
-            link.unlink(missing_ok=True)
-        try:
-            link.symlink_to(checkpoint)
-        except FileExistsError:  # another process made the same link meanwhile
-            pass
-        partial = folder / f"open_clip_config.{os.getpid()}.partial"
+        partial = folder / f"weights.{os.getpid()}.partial"
+        if shared:
+            shutil.copyfile(checkpoint, partial)
+        else:
+            partial.symlink_to(checkpoint)
+        os.replace(partial, weights)  # atomic: concurrent first uses never see half a folder
+        partial = folder / f"config.{os.getpid()}.partial"
         partial.write_text(json.dumps({"model_cfg": config}))
         os.replace(partial, folder / "open_clip_config.json")
     return str(folder)
