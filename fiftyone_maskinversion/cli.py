@@ -49,11 +49,6 @@ def _blocks(text: Optional[str]):
         raise CommandError(f"--blocks {text!r}: expected comma-separated integers, e.g. -2,-1") from None
 
 
-def _classes(text: Optional[str]) -> Optional[list]:
-    """A comma-separated vocabulary, or None (the field's own labels)."""
-    return ([c.strip() for c in text.split(",") if c.strip()] or None) if text else None
-
-
 def _progress(done: int, total: int) -> None:
     print(f"\r  {done}/{total} samples", end="\n" if done == total else "", flush=True)
 
@@ -87,9 +82,10 @@ def cmd_compute(args) -> None:
 
 
 def cmd_relabel(args) -> None:
+    from .core.zeroshot import classes_from_text
     from .fo import zero_shot_relabel
 
-    classes = _classes(args.classes)
+    classes = classes_from_text(args.classes)
     summary = zero_shot_relabel(
         _dataset(args.dataset),
         args.label_field,
@@ -128,13 +124,14 @@ def cmd_mislabeled(args) -> None:
 
 
 def cmd_badmasks(args) -> None:
+    from .core.zeroshot import classes_from_text
     from .fo import find_bad_masks, find_missing_regions, score_masks
     from .fo.runs import attribute_names, require_run
 
     dataset = _dataset(args.dataset)
     run = require_run(dataset, args.label_field, args.embeddings_field)
-    summary = score_masks(dataset, args.label_field, args.embeddings_field, classes=_classes(args.classes),
-                          prompt=args.prompt, suggest_missing=not args.no_missing,
+    summary = score_masks(dataset, args.label_field, args.embeddings_field,
+                          classes=classes_from_text(args.classes), prompt=args.prompt, suggest_missing=not args.no_missing,
                           min_missing_score=args.min_missing_score, confirmation=args.confirmation,
                           overwrite=args.overwrite, progress=_progress)
     print(f"scored {summary.scored} regions ({summary.skipped_scored} already scored); "

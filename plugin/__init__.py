@@ -9,6 +9,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_maskinversion import defaults
 from fiftyone_maskinversion.core.precision import PRECISIONS
+from fiftyone_maskinversion.core.zeroshot import classes_from_text
 from fiftyone_maskinversion.fo import (
     apply_relabel,
     compute_region_embeddings,
@@ -87,10 +88,6 @@ def _vocabulary_inputs(ctx, inputs):
     inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
     _prompt_input(inputs)
     return True
-
-
-def _classes(params):
-    return [c.strip() for c in (params.get("classes") or "").split(",") if c.strip()] or None
 
 
 def _blocks(text):
@@ -236,7 +233,7 @@ class ZeroShotRelabel(_Delegable):
             ctx.target_view(),
             params["label_field"],
             embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
-            classes=_classes(params),
+            classes=classes_from_text(params.get("classes")),
             prompt=params.get("prompt", defaults.PROMPT),
             pred_field=params.get("pred_field") or None,
             top_k=int(params.get("top_k", defaults.TOP_K)),
@@ -316,7 +313,8 @@ class FindBadMasks(_Delegable):
     def execute(self, ctx):
         params = ctx.params
         field = params.get("embeddings_field", defaults.EMBEDDINGS_FIELD)
-        summary = score_masks(ctx.target_view(), params["label_field"], field, classes=_classes(params),
+        summary = score_masks(ctx.target_view(), params["label_field"], field,
+                              classes=classes_from_text(params.get("classes")),
                               prompt=params.get("prompt", defaults.PROMPT),
                               suggest_missing=bool(params.get("suggest_missing", True)),
                               min_missing_score=float(params.get("min_missing_score", defaults.MIN_MISSING_SCORE)),

@@ -27,8 +27,8 @@ from scipy import ndimage
 
 from .. import defaults
 from .backbone import Backbone
-from .block_state import capture_image_state, resolve_blocks
-from .inputs import ImageInput, MaskInput, load_rgb, prepare_masks
+from .block_state import ImageState, capture_image_state, resolve_blocks
+from .inputs import ImageInput, MaskInput, box_mask, load_rgb, prepare_masks
 from .inversion import MaskInverter
 from .legrad import make_engine, relevance_to_maps
 from .metrics import soft_dice_loss
@@ -115,11 +115,12 @@ def review_masks(
     prepared = prepare_masks(masks, (rgb.height, rgb.width), backbone.image_size)
     labels = np.asarray(labels, dtype=int)
     review = MaskReview(np.full(len(labels), np.nan), np.full(len(labels), np.nan))
-    state = capture_image_state(backbone, backbone.pixels(rgb), resolve_blocks(backbone, blocks))
-    image_probs = class_probabilities(backbone, state.image_embedding.cpu().numpy(), text)[0]
+    explained = resolve_blocks(backbone, blocks)
+    state = capture_image_state(backbone, backbone.pixels(rgb), explained)
     valid_labels = labels[prepared.valid]
     mapped = set(int(c) for c in valid_labels if c >= 0)
-    if min_missing_score is not None:
+    if min_missing_score is not None:  # the classes the image most likely shows are candidates too
+        image_probs = class_probabilities(backbone, state.image_embedding.cpu().numpy(), text)[0]
         mapped |= set(int(c) for c in np.argsort(-image_probs)[:CANDIDATE_CLASSES])
     if not mapped:
         return review
@@ -144,19 +145,17 @@ def review_masks(
         covered = (grid_masks >= 0.5).any(dim=0).cpu().numpy() if len(grid_masks) else np.zeros(maps.shape[1:], bool)
         review.missing = missing_regions(maps.cpu().numpy(), classes, image_probs, covered, min_missing_score)
         if inverter is not None and review.missing:
-            review.missing = confirmed(inverter, rgb, review.missing, text, confirmation)
+            same_forward = state if inverter.blocks == explained else None  # one image forward for both
+            review.missing = confirmed(inverter, rgb, review.missing, text, confirmation, same_forward)
     return review
 
 
 def confirmed(inverter: MaskInverter, image, candidates: List[MissingRegion], text: torch.Tensor,
-              least: float) -> List[MissingRegion]:
-    """The candidates whose box's MaskInversion embedding gives their class a probability >= ``least``."""
-    width, height = image.size
-    boxes = np.zeros((len(candidates), height, width), dtype=bool)
-    for k, candidate in enumerate(candidates):
-        x, y, w, h = candidate.box
-        boxes[k, round(y * height):round((y + h) * height), round(x * width):round((x + w) * width)] = True
-    embeddings = inverter.invert(image, boxes).embeddings
+              least: float, state: Optional[ImageState] = None) -> List[MissingRegion]:
+    """The candidates whose box's MaskInversion embedding gives their class a probability >= ``least``
+    (``state``: the image's forward for the inverter's blocks, if already captured)."""
+    boxes = np.stack([box_mask(candidate.box, image.width, image.height) for candidate in candidates])
+    embeddings = inverter.invert(image, boxes, state=state).embeddings
     usable = np.flatnonzero(~np.isnan(embeddings).any(axis=1))
     probs = class_probabilities(inverter.backbone, embeddings[usable], text) if len(usable) else []
     kept = []

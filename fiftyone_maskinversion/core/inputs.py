@@ -84,6 +84,16 @@ class PreparedMasks:
     errors: List[Optional[str]]  # N, None for valid masks
 
 
+def box_mask(box: Sequence[float], width: int, height: int) -> np.ndarray:
+    """H x W bool mask of a relative [x, y, w, h] box (FiftyOne's convention), pixel edges rounded."""
+    x, y, w, h = box
+    left, top = int(round(x * width)), int(round(y * height))
+    right, bottom = int(round((x + w) * width)), int(round((y + h) * height))
+    mask = np.zeros((height, width), dtype=bool)
+    mask[max(top, 0):max(bottom, 0), max(left, 0):max(right, 0)] = True
+    return mask
+
+
 def prepare_masks(masks: MaskInput, image_size_hw: tuple, size: int) -> PreparedMasks:
     """Validate N binary masks of an HxW image and resize them (bilinear, antialiased) to size x size.
 

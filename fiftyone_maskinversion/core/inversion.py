@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import defaults
 from .backbone import Backbone
-from .block_state import capture_image_state, resolve_blocks
+from .block_state import ImageState, capture_image_state, resolve_blocks
 from .inputs import ImageInput, MaskInput, load_rgb, prepare_masks
 from .legrad import ENGINES, make_engine, relevance_to_maps
 from .metrics import binary_iou, soft_dice_loss
@@ -81,8 +81,9 @@ class MaskInverter:
             raise ValueError("the autograd engine is the fp32 reference: use precision='fp32' or 'auto' with it")
         self.memory_budget = memory_budget
 
-    def invert(self, image: ImageInput, masks: MaskInput) -> InversionResult:
-        """Localized embeddings of N binary masks (N x H x W, the image's size) of one image."""
+    def invert(self, image: ImageInput, masks: MaskInput, state: Optional[ImageState] = None) -> InversionResult:
+        """Localized embeddings of N binary masks (N x H x W, the image's size) of one image. ``state``:
+        this image's forward pass, already captured for this inverter's blocks (saves a second one)."""
         backbone = self.backbone
         rgb = load_rgb(image, min_side=backbone.patch_size)
         prepared = prepare_masks(masks, (rgb.height, rgb.width), backbone.image_size)
@@ -98,7 +99,10 @@ class MaskInverter:
         )
         if not prepared.valid.any():
             return result
-        state = capture_image_state(backbone, backbone.pixels(rgb), self.blocks)
+        if state is None:
+            state = capture_image_state(backbone, backbone.pixels(rgb), self.blocks)
+        elif [block.module for block in state.blocks] != [backbone.visual.transformer.resblocks[i] for i in self.blocks]:
+            raise ValueError(f"the image state was captured for other blocks than this inverter's {self.blocks}")
         result.image_embedding = state.image_embedding[0].cpu().numpy()
         engine = make_engine(self.engine, backbone, state, self.precision)
         chunk = max(1, self._work_memory() // engine.bytes_per_query())

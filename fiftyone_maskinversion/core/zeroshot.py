@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,12 @@ def templates_for(prompt: str) -> tuple:
 
 _RECENT: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()  # the last few vocabularies' embeddings
 RECENT_VOCABULARIES = 4
+
+
+def classes_from_text(text: Optional[str]) -> Optional[list]:
+    """A comma-separated vocabulary as typed in a form or on the command line; None when empty (the
+    caller then uses the field's own labels)."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()] or None
 
 
 def class_embeddings(backbone: Backbone, classes: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:

@@ -15,10 +15,9 @@ from ..core.backbone import Backbone
 from ..core.badmask import review_masks
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter
-from ..core.zeroshot import class_embeddings, templates_for
 from .regions import LabelError, attribute, declare_attributes, list_path, region_mask, regions_of
-from .relabel import check_pred_field, current_regions
-from .runs import RegionRun, attribute_names, backbone_for, require_run, save_run
+from .relabel import check_pred_field, check_probability, current_regions, samples_with_current, vocabulary
+from .runs import RegionRun, attribute_names, claim_output_field, is_current, require_run
 
 
 @dataclass
@@ -60,34 +59,28 @@ def score_masks(
     """
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._dataset
-    for name, value in (("min_missing_score", min_missing_score), ("confirmation", confirmation)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    check_probability("min_missing_score", min_missing_score)
+    check_probability("confirmation", confirmation)
     missing_field = (missing_field or default_missing_field(run)) if suggest_missing else None
     if missing_field:
         check_pred_field(dataset, run, missing_field, overwrite=True)
-    templates = templates_for(prompt)
-    backbone = backbone_for(run, backbone)
+    backbone, _, text, index = vocabulary(samples, run, classes, prompt, backbone)
     path = list_path(samples, run.regions_field)
-    classes = list(classes) if classes else sorted(set(samples.distinct(f"{path}.label")))
-    text = class_embeddings(backbone, classes, templates)
-    index = {name: i for i, name in enumerate(classes)}
     names = attribute_names(run.embeddings_field)
     summary = MaskReviewSummary(missing_field)
     settings = run.settings
     inverter = MaskInverter(backbone, iterations=settings["iterations"], lr=settings["lr"], alpha=settings["alpha"],
                             blocks=settings["blocks"], precision=settings.get("precision", "fp32"))
 
-    if missing_field and missing_field not in run.pred_fields:
-        run.pred_fields.append(missing_field)  # owned before the first write, so delete removes it
-        save_run(dataset, run)
+    if missing_field:
+        claim_output_field(dataset, run, missing_field)
     declare_attributes(dataset, path, {names["mask_mistakenness"]: fo.FloatField})
     if missing_field and not dataset.has_sample_field(missing_field):
         dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     if missing_field:
         declare_attributes(dataset, list_path(dataset, missing_field), {"confirmation": fo.FloatField})
     fields = [run.regions_field] + ([missing_field] if missing_field else [])
-    view = samples.select(current_regions(samples, run).values("id")).select_fields(fields)
+    view = samples_with_current(samples, run, fields)
     total = len(view)
     for number, sample in enumerate(view.iter_samples(autosave=True, progress=False)):
         _review_sample(sample, run, inverter, text, index, missing_field, (min_missing_score, confirmation), overwrite,
@@ -103,8 +96,7 @@ def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, 
     backbone = inverter.backbone
     names = attribute_names(run.embeddings_field)
     regions = regions_of(sample[run.regions_field])
-    current = [r for r in regions if attribute(r, names["run"]) == run.settings_id
-               and attribute(r, run.embeddings_field) is not None]
+    current = [r for r in regions if is_current(r, run)]
     todo = {r.id for r in current if overwrite or attribute(r, names["mask_mistakenness"]) is None}
     summary.skipped_scored += len(current) - len(todo)
     if not todo and not missing_field:

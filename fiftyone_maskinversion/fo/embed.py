@@ -33,6 +33,7 @@ from .runs import (
     RegionRun,
     attribute_names,
     find_run,
+    is_current,
     list_region_runs,
     make_settings,
     save_run,
@@ -210,11 +211,9 @@ class PreparedSample:
 
 def _pending(sample, run: RegionRun, overwrite: bool, include_crowd: bool) -> tuple:
     """(regions to compute, regions holding the current settings' results, crowd regions skipped)."""
-    names = attribute_names(run.embeddings_field)
     pending, done, crowd = [], [], []
     for region in regions_of(sample[run.regions_field]):
-        current = attribute(region, names["embedding"]) is not None and attribute(region, names["run"]) == run.settings_id
-        if current and not overwrite:
+        if is_current(region, run) and not overwrite:
             done.append(region)
         elif is_crowd(region) and not include_crowd:
             crowd.append(region)

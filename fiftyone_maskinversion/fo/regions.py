@@ -15,6 +15,8 @@ from typing import Optional
 import fiftyone as fo
 import numpy as np
 
+from ..core.inputs import box_mask
+
 logger = logging.getLogger(__name__)
 REGION_TYPES = {fo.Detections: "detections", fo.Polylines: "polylines"}
 SUPPORTED_TYPES = (fo.Detections, fo.Polylines, fo.Segmentation)
@@ -76,12 +78,7 @@ def region_mask(region, width: int, height: int) -> np.ndarray:
             raise LabelError(f"cannot read the instance mask: {err}") from err
     if box is None or len(box) != 4:
         raise LabelError("label has neither an instance mask nor a bounding box")
-    x, y, w, h = box
-    left, top = int(round(x * width)), int(round(y * height))
-    right, bottom = int(round((x + w) * width)), int(round((y + h) * height))
-    mask = np.zeros((height, width), dtype=bool)
-    mask[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)] = True
-    return mask
+    return box_mask(box, width, height)
 
 
 def polygon_area(points: list, width: int, height: int) -> float:

@@ -36,9 +36,10 @@ from .runs import (
     RegionRun,
     attribute_names,
     backbone_for,
+    claim_output_field,
+    is_current,
     list_region_runs,
     require_run,
-    save_run,
 )
 
 ORIGINAL_LABEL = "mi_original_label"
@@ -63,6 +64,29 @@ def current_regions(samples, run: RegionRun):
     """The samples whose regions hold an embedding of the run's current settings, only those regions."""
     name = attribute_names(run.embeddings_field)["run"]
     return samples.filter_labels(run.regions_field, (F(name) == run.settings_id) & F(run.embeddings_field).exists())
+
+
+def samples_with_current(samples, run: RegionRun, fields):
+    """The samples that have such regions, with their whole label lists (never a filtered view of them,
+    so saving cannot drop the regions not embedded) and only ``fields``."""
+    return samples.select(current_regions(samples, run).values("id")).select_fields(fields)
+
+
+def vocabulary(samples, run: RegionRun, classes: Optional[Sequence[str]], prompt: str,
+               backbone: Optional[Backbone]) -> tuple:
+    """(backbone, class names, C x D class text embeddings, name -> row) of a zero-shot step over the
+    run's regions: the vocabulary is ``classes`` or the field's distinct labels, embedded with ``prompt``."""
+    templates = templates_for(prompt)
+    backbone = backbone_for(run, backbone)
+    path = list_path(samples, run.regions_field)
+    classes = list(classes) if classes else sorted(set(samples.distinct(f"{path}.label")))
+    return backbone, classes, class_embeddings(backbone, classes, templates), {n: i for i, n in enumerate(classes)}
+
+
+def check_probability(name: str, value) -> None:
+    """Raise ValueError unless ``value`` is a number in [0, 1] (thresholds on probabilities and scores)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 def zero_shot_relabel(
@@ -93,17 +117,11 @@ def zero_shot_relabel(
     check_pred_field(dataset, run, pred_field, overwrite)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-    templates = templates_for(prompt)
-    backbone = backbone_for(run, backbone)
+    backbone, classes, text, index = vocabulary(samples, run, classes, prompt, backbone)
     path = list_path(samples, run.regions_field)
-    classes = list(classes) if classes else sorted(set(samples.distinct(f"{path}.label")))
-    text = class_embeddings(backbone, classes, templates)
-    index = {name: i for i, name in enumerate(classes)}
     summary = RelabelSummary(pred_field=pred_field, regions=0, changed=0, classes=classes)
 
-    if pred_field not in run.pred_fields:
-        run.pred_fields.append(pred_field)  # owned before the first write, so a killed relabel is deletable
-        save_run(dataset, run)
+    claim_output_field(dataset, run, pred_field)
     if dataset.has_sample_field(pred_field):
         samples.clear_sample_field(pred_field)  # overwrite: no prediction of a region no longer embedded stays
     names = attribute_names(run.embeddings_field)
@@ -111,12 +129,9 @@ def zero_shot_relabel(
                                        names["topk_labels"]: (fo.ListField, fo.StringField),
                                        names["topk_scores"]: (fo.ListField, fo.FloatField),
                                        names["low_fidelity"]: fo.BooleanField})
-    # whole label lists (never a filtered view of them), so saving cannot drop the regions not embedded
-    with_current = samples.select(current_regions(samples, run).values("id")).select_fields(run.regions_field)
-    for sample in with_current.iter_samples(autosave=True, progress=False):
+    for sample in samples_with_current(samples, run, run.regions_field).iter_samples(autosave=True, progress=False):
         container = sample[run.regions_field]
-        embedded = [r for r in regions_of(container) if attribute(r, names["run"]) == run.settings_id
-                    and attribute(r, run.embeddings_field) is not None]
+        embedded = [r for r in regions_of(container) if is_current(r, run)]
         probs = class_probabilities(backbone, np.stack([r[run.embeddings_field] for r in embedded]), text)
         scores = mistakenness(probs, np.array([index.get(r.label, -1) for r in embedded]))
         predictions = [_prediction(r, p, m, classes, top_k) for r, p, m in zip(embedded, probs, scores)]
@@ -191,8 +206,7 @@ def apply_relabel(
     The first original label is kept in ``mi_original_label`` so :func:`undo_relabel` can restore it.
     (For a Segmentation field the derived regions are relabelled; the mask itself is not changed.)
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    check_probability("threshold", threshold)
     run, pred_field = run_and_pred_field(samples, label_field, embeddings_field, pred_field)
     declare_attributes(samples._dataset, list_path(samples, run.regions_field), {ORIGINAL_LABEL: fo.StringField})
     changes = {}

@@ -20,7 +20,7 @@ import fiftyone.core.odm as foo
 
 from ..core.backbone import Backbone, load_backbone
 from . import heatmaps as heatmap_store
-from .regions import list_path, regions_field_for
+from .regions import attribute, list_path, regions_field_for
 
 METHOD = "maskinversion"
 BRAIN_RUN_ATTRIBUTES = ("brain_key", "visualization_key")  # the brain runs a run owns
@@ -75,6 +75,13 @@ def attribute_names(embeddings_field: str) -> dict:
 # the attributes that describe one embedding: cleared whenever a region's embedding is recomputed
 REVIEW_ATTRIBUTES = ("predicted_label", "topk_labels", "topk_scores", "mistakenness", "low_fidelity",
                      "mask_mistakenness")
+
+
+def is_current(region, run: RegionRun) -> bool:
+    """Whether a region holds an embedding of the run's current settings (the Python twin of
+    ``relabel.current_regions``, which filters a view the same way)."""
+    names = attribute_names(run.embeddings_field)
+    return attribute(region, names["embedding"]) is not None and attribute(region, names["run"]) == run.settings_id
 
 
 def settings_digest(settings: dict) -> str:
@@ -198,6 +205,14 @@ def save_run(samples, run: RegionRun) -> None:
     """Persist a changed record (outputs added or removed, adoption by a clone)."""
     dataset = samples._dataset
     dataset.update_run_config(run.key, dataset.init_run(method=METHOD, **_config(run, run.version)))
+
+
+def claim_output_field(samples, run: RegionRun, field: str) -> None:
+    """Record ``field`` as one the run writes (deleted with it), before the first write, so a killed
+    step's partial output is still owned."""
+    if field not in run.pred_fields:
+        run.pred_fields.append(field)
+        save_run(samples, run)
 
 
 def claim_brain_key(samples, run: RegionRun, attribute: str, brain_key: str, overwrite: bool) -> None:

@@ -167,3 +167,19 @@ def test_maps_upsample_exactly_as_bilinear_interpolation():
                                                align_corners=False)[:, 0]
     low, high = expected.amin(dim=(1, 2), keepdim=True), expected.amax(dim=(1, 2), keepdim=True)
     torch.testing.assert_close(relevance_to_maps(relevance, 7, 8), (expected - low) / (high - low), atol=1e-6, rtol=0)
+
+
+def test_an_image_state_passed_in_gives_the_same_result_and_must_match_the_blocks(tiny, scene):
+    """Callers that already ran the image's forward (the mask review) may hand it over."""
+    from fiftyone_maskinversion.core.block_state import capture_image_state
+
+    image, masks = scene
+    inverter = MaskInverter(tiny, iterations=3, blocks=[-2, -1])
+    state = capture_image_state(tiny, tiny.pixels(image), inverter.blocks)
+    given = inverter.invert(image, masks, state=state)
+    own = inverter.invert(image, masks)
+    np.testing.assert_array_equal(given.embeddings, own.embeddings)
+    np.testing.assert_array_equal(given.heatmaps, own.heatmaps)
+    other = capture_image_state(tiny, tiny.pixels(image), [tiny.num_blocks - 1])
+    with pytest.raises(ValueError, match="other blocks"):
+        inverter.invert(image, masks, state=other)
