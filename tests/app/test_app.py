@@ -54,15 +54,21 @@ def page():
 
 def _open(page, url):
     page.goto(url)
-    try:
-        page.wait_for_selector("text=last_modified_at", timeout=90_000)  # the sidebar: past the loading screen
-    except Exception:
-        _grid(page, "app-failed-to-load.png")
-        raise
+    _wait_for(page, "text=last_modified_at", timeout=90_000)  # the sidebar: past the loading screen
     dismiss = page.get_by_text("Dismiss", exact=True)
     if dismiss.count():
         dismiss.first.click()
     time.sleep(2)
+
+
+def _wait_for(page, selector, timeout=60_000):
+    """Wait for a selector; on a timeout keep a screenshot and say what the page showed instead."""
+    try:
+        page.wait_for_selector(selector, timeout=timeout)
+    except Exception as error:
+        _grid(page, "app-wait-failed.png")
+        shown = " ".join(page.locator("body").inner_text().split())
+        raise AssertionError(f"{selector!r} did not appear; the page showed: ...{shown[-1500:]}") from error
 
 
 def _grid(page, name):
@@ -80,7 +86,7 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         page.keyboard.press("`")
         page.keyboard.type("compute region embeddings")
         page.get_by_text("MaskInversion: compute region embeddings").first.click()
-        page.wait_for_selector("input[value='ViT-B-16']", timeout=30_000)
+        _wait_for(page, "input[value='ViT-B-16']", timeout=30_000)
         page.locator("input[value='ViT-B-16']").fill("mi-test-tiny")
         page.locator("input[value='openai']").fill(checkpoint)
         page.locator("input[value='448']").fill("64")
@@ -96,7 +102,7 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
             time.sleep(1)
         _open(page, f"{app_url}/datasets/{dataset.name}")
         page.locator("[data-cy='sidebar-field-arrow-enabled-ground_truth']").click()  # list its attributes
-        page.wait_for_selector("text=mi_embedding_dice", timeout=30_000)
+        _wait_for(page, "text=mi_embedding_dice", timeout=30_000)
         time.sleep(2)  # let the sidebar finish expanding
         _grid(page, "app-fields.png")
 
@@ -125,7 +131,7 @@ def test_the_embeddings_panel_renders_the_region_layout(app_url, page):
         page.locator("[data-cy='new-panel-btn']").first.click()
         page.get_by_text("Embeddings", exact=True).first.click()
         page.get_by_text(results.key).first.click()
-        page.wait_for_selector(f"text={count} points", timeout=60_000)  # the panel's own point count
+        _wait_for(page, f"text={count} points", timeout=60_000)  # the panel's own point count
         time.sleep(2)
         panel = page.locator("[data-cy='panel-content-Embeddings']").first.bounding_box()
         page.screenshot(path=str(ARTIFACTS / "app-embeddings.png"))
@@ -138,7 +144,7 @@ def test_the_embeddings_panel_renders_the_region_layout(app_url, page):
 
         page.get_by_text("Color by").first.click()  # colour the regions by their label
         page.get_by_role("option", name="ground_truth.detections.label", exact=True).click()
-        page.wait_for_selector("text=Click to hide", timeout=30_000)
+        _wait_for(page, "text=Click to hide", timeout=30_000)
         time.sleep(2)
         page.screenshot(path=str(ARTIFACTS / "app-embeddings-by-label.png"))
         text = page.locator("[data-cy='panel-content-Embeddings']").first.inner_text()
@@ -164,17 +170,31 @@ def _run_operator(page, label):
     page.get_by_role("button", name="Execute").click()
 
 
+def _select_first_sample(page):
+    """Tick the grid's first sample and wait until the App counts it as selected (its selection button shows 1)."""
+    page.keyboard.press("Escape")
+    selected = page.locator("[data-cy='action-manage-selected']").first
+    for _ in range(10):
+        if not page.locator("[data-cy='looker-checkbox-input-']").first.is_checked():
+            page.locator("[data-cy='looker']").first.hover()
+            page.locator("[data-cy='looker-checkbox-']").first.click()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if selected.inner_text().strip() == "1":
+                return
+            time.sleep(0.25)
+    _grid(page, "app-selection-failed.png")
+    raise AssertionError("the App never counted the first sample as selected")
+
+
 def test_a_selected_samples_heatmaps_one_action_away_and_back(app_url, page):
     dataset = load_coco(3, persistent=True)
     try:
         mifo.compute_region_embeddings(dataset, "ground_truth", backbone=make_backbone(seed=2), iterations=1)
         _open(page, f"{app_url}/datasets/{dataset.name}")
-        page.keyboard.press("Escape")
-        page.locator("[data-cy='looker']").first.hover()
-        page.locator("[data-cy='looker-checkbox-']").first.click()  # select the first sample of the grid
-        time.sleep(1)
+        _select_first_sample(page)
         _run_operator(page, "MaskInversion: show heatmaps of the selection")
-        page.wait_for_selector("img[src^='data:image/png']", timeout=60_000)
+        _wait_for(page, "img[src^='data:image/png']", timeout=60_000)
         time.sleep(1)
         page.screenshot(path=str(ARTIFACTS / "app-region-heatmaps-preview.png"))
 
@@ -190,13 +210,13 @@ def test_a_selected_samples_heatmaps_one_action_away_and_back(app_url, page):
 
         page.locator("a[href*='view=selection']").first.click()  # all of them, in the heatmaps dataset
         page.wait_for_url(f"**/datasets/{companion.name}?view=selection", timeout=60_000)
-        page.wait_for_selector(f"text={len(selection)} samples", timeout=60_000)
+        _wait_for(page, f"text={len(selection)} samples", timeout=60_000)
         time.sleep(2)
         page.screenshot(path=str(ARTIFACTS / "app-region-heatmaps-selection.png"))
 
         _run_operator(page, "MaskInversion: show heatmaps of the selection")  # and back
         page.wait_for_url(f"**/datasets/{dataset.name}", timeout=60_000)
-        page.wait_for_selector(f"text={len(dataset)} samples", timeout=60_000)
+        _wait_for(page, f"text={len(dataset)} samples", timeout=60_000)
     finally:
         delete_with_heatmaps(dataset)
 
@@ -210,7 +230,7 @@ def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url,
         expected = len(mifo.find_mislabeled(dataset, "ground_truth"))
         _open(page, f"{app_url}/datasets/{dataset.name}")
         _run_operator(page, "MaskInversion: show likely mislabeled regions")
-        page.wait_for_selector(f"text={expected} patches", timeout=60_000)
+        _wait_for(page, f"text={expected} patches", timeout=60_000)
         time.sleep(3)
         page.screenshot(path=str(ARTIFACTS / "app-mislabeled.png"))
         # both label fields are drawn on each tile: the annotation and its prediction
