@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
-import shutil
 import socket
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
@@ -30,7 +27,6 @@ DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 _PIL_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 HUB_PROBE_TIMEOUT_S = 3.0
 EXTRA_CONFIGS_ENV = "MASKINVERSION_MODEL_CONFIGS"
-MODEL_DIR_ENV = "MASKINVERSION_MODEL_DIR"  # where open_clip_folder writes, if every machine should see it
 WEIGHTS_ENTRY_POINTS = "fiftyone_maskinversion.weights"
 WeightsResolver = Callable[[], str]
 _SHIPPED: Dict[Tuple[str, str], WeightsResolver] = {}
@@ -65,38 +61,6 @@ def shipped_checkpoint(model_name: str, tag: str) -> Optional[str]:
     register_installed_weights()
     resolve = _SHIPPED.get((model_name, tag))
     return resolve() if resolve else None
-
-
-def open_clip_folder(model_name: str, checkpoint: str, quick_gelu: bool) -> str:
-    """A folder that open_clip loads on its own as ``local-dir:<folder>``: the model's config (with its
-    activation) and the weights. A process that never imported this package (e.g. the FiftyOne zoo
-    model a similarity index names) then builds the same model from the same weights. The folder is
-    under the user's cache with a link to the checkpoint, or, when $MASKINVERSION_MODEL_DIR names a
-    folder every machine sees (a team sharing one database), there with a copy of the weights."""
-    config = dict(open_clip.get_model_config(model_name) or {})
-    if not config:
-        raise ValueError(f"unknown open_clip model {model_name!r}")
-    if quick_gelu:
-        config["quick_gelu"] = True
-    checkpoint = os.path.abspath(os.path.expanduser(checkpoint))
-    shared = os.environ.get(MODEL_DIR_ENV)
-    base = Path(shared) if shared else Path(
-        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fiftyone_maskinversion" / "open_clip"
-    key = hashlib.sha256(json.dumps([model_name, checkpoint, config], sort_keys=True).encode()).hexdigest()[:16]
-    folder = base / f"{model_name}-{key}"
-    weights = folder / "open_clip_pytorch_model.bin"
-    if not (folder / "open_clip_config.json").is_file() or not weights.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"weights.{os.getpid()}.partial"
-        if shared:
-            shutil.copyfile(checkpoint, partial)
-        else:
-            partial.symlink_to(checkpoint)
-        os.replace(partial, weights)  # atomic: concurrent first uses never see half a folder
-        partial = folder / f"config.{os.getpid()}.partial"
-        partial.write_text(json.dumps({"model_cfg": config}))
-        os.replace(partial, folder / "open_clip_config.json")
-    return str(folder)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -256,12 +220,6 @@ def _resolve_weights(model_name: str, pretrained: Optional[str]) -> tuple:
             f"local checkpoint: load_backbone({model_name!r}, pretrained='/path/to/checkpoint.bin')"
         )
     return download_pretrained(cfg), cfg
-
-
-def weights_obtainable(model_name: str, pretrained: str) -> bool:
-    """Whether a pretrained tag's weights are cached here or downloadable now (no download is made)."""
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    return bool(cfg) and (_cached_hub_file(cfg) is not None or _hub_reachable())
 
 
 def _cached_hub_file(cfg: dict) -> Optional[str]:

@@ -2,26 +2,22 @@
 
 ``search_regions`` ranks by the plain cosine between the query and each region embedding, the same
 cosine the zero-shot classifier uses, computed on the stored embeddings at query time (never stale).
-
-``build_region_index`` builds a fiftyone-brain similarity index over the regions for the App's own
-search (its text box, "sort by similarity"). Note that brain's sklearn backend centres the indexed
-embeddings (subtracts their mean) before its cosine, so the App's order can differ slightly from
-``search_regions``. Whenever FiftyOne's "open-clip-torch" zoo model can load the same weights, the
-index names it, so the App's text box embeds queries with the same model.
+``build_region_index`` builds the region index (:mod:`.region_index`) for the App's own search, which
+ranks with the same function, so the App's text box and ``search_regions`` agree.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import List, Optional, Tuple
 
 import fiftyone.brain as fob
 import numpy as np
-import open_clip
 
 from .. import defaults
-from ..core.backbone import Backbone, open_clip_folder, shipped_checkpoint, weights_obtainable
+from ..core.backbone import Backbone
+from ..core.ranking import cosine_top_k
+from .region_index import RegionSimilarityConfig
 from .regions import list_path
 from .relabel import current_regions
 from .runs import RegionRun, backbone_for, claim_brain_key, require_run
@@ -56,27 +52,37 @@ def rank_regions(
     vectors = [v for row in current.values(f"{path}.{run.embeddings_field}") for v in row or []]
     if not ids:
         raise ValueError(f"{run.describe()} has no embedded region in this collection")
-    matrix = np.stack(vectors).astype(np.float32)
-    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     if region_id is not None:
         if region_id not in ids:
             raise ValueError(f"region {region_id!r} has no embedding of {run.describe()} in this collection "
                              "(not embedded, failed, or not in the view)")
-        query = matrix[ids.index(region_id)]
+        query = np.asarray(vectors[ids.index(region_id)])
     else:
         query = backbone_for(run, backbone).encode_text([text])[0].cpu().numpy()
-    scores = matrix @ query
-    order = np.argsort(-scores, kind="stable")[:k]
-    return run, [(ids[i], float(scores[i])) for i in order]
+    order, scores = cosine_top_k(np.stack(vectors), query, k)
+    return run, [(ids[i], float(score)) for i, score in zip(order, scores)]
 
 
 def search_regions(samples, label_field: str, text: Optional[str] = None, region_id: Optional[str] = None,
                    k: int = defaults.SEARCH_K, embeddings_field: str = defaults.EMBEDDINGS_FIELD,
                    backbone: Optional[Backbone] = None):
-    """A patches view of the ``k`` regions most similar (cosine) to ``text`` or to the region ``region_id``."""
+    """A patches view of the ``k`` regions most similar (cosine) to ``text`` or to the region ``region_id``.
+
+    Where the run's region index can answer the query, the view is FiftyOne's own ``SortBySimilarity``
+    stage over it (the App's view bar then reads the query); it ranks with the same function as here."""
     run, ranked = rank_regions(samples, label_field, text, region_id, k, embeddings_field, backbone)
-    # a patch's id is its label's id
-    return samples.to_patches(run.regions_field).select([i for i, _ in ranked], ordered=True)
+    patches = samples.to_patches(run.regions_field)
+    if _index_answers(samples, run, text is not None):
+        return patches.sort_by_similarity(text if text is not None else region_id, k=k, brain_key=run.brain_key)
+    return patches.select([i for i, _ in ranked], ordered=True)  # a patch's id is its label's id
+
+
+def _index_answers(samples, run: RegionRun, is_text: bool) -> bool:
+    """Whether the run has a region index that can answer this kind of query."""
+    if not run.brain_key or run.brain_key not in samples._dataset.list_brain_runs():
+        return False
+    config = samples._dataset.get_brain_info(run.brain_key).config
+    return isinstance(config, RegionSimilarityConfig) and (config.supports_prompts or not is_text)
 
 
 def build_region_index(
@@ -86,59 +92,28 @@ def build_region_index(
     brain_key: Optional[str] = None,
     overwrite: bool = False,
 ):
-    """A brain similarity index (sklearn, cosine) over the run's embedded regions for the App; returns
-    the brain results. The run owns it: a later compute that adds regions removes it (it would be
-    outdated), and deleting the run deletes it."""
+    """A brain similarity index over the run's embedded regions for the App's own search (its text box,
+    "sort by similarity"), ranking as ``search_regions`` does; returns the brain results. The run owns
+    it: a later compute that adds regions removes it (it would be outdated), and deleting the run
+    deletes it. Text queries work where the run's weights can be loaded by name or path (not for a
+    backbone of random weights passed as an object)."""
     run = require_run(samples, label_field, embeddings_field)
     brain_key = brain_key or default_brain_key(run)
     dataset = samples._dataset
     claim_brain_key(dataset, run, "brain_key", brain_key, overwrite)
-    embedded = current_regions(samples, run)
-    index_kwargs = dict(
-        patches_field=run.regions_field,
+    results = fob.compute_similarity(
+        current_regions(samples, run), backend=RegionSimilarityConfig, brain_key=brain_key, metric="cosine",
+        patches_field=run.regions_field, progress=False,
         embeddings=f"{list_path(samples, run.regions_field)}.{run.embeddings_field}",
-        brain_key=brain_key, backend="sklearn", metric="cosine", progress=False,
+        region_label_field=run.label_field, region_embeddings_field=run.embeddings_field,
     )
-    zoo_kwargs = zoo_model_kwargs(run)
-    if zoo_kwargs:
-        try:
-            return fob.compute_similarity(embedded, model="open-clip-torch", model_kwargs=zoo_kwargs, **index_kwargs)
-        except Exception as err:  # the zoo model cannot load here
-            logger.warning("index %r built without the zoo text model (%s): the App's text search box will not "
-                           "work; search with search_regions() or the search_regions operator", brain_key, err)
-            if brain_key in dataset.list_brain_runs():
-                dataset.delete_brain_run(brain_key)
+    try:
+        results.get_model()
+    except Exception as err:  # the run's weights cannot be loaded here (random weights, offline tag)
+        logger.warning("index %r has no text model (%s): the App's text search box will not work on it; its "
+                       "region-to-region search does, and search_regions() searches by text with backbone=",
+                       brain_key, err)
     else:
-        logger.warning("index %r built without a text model (%s / %s cannot be loaded by name here): the App's "
-                       "text search box will not work; search with search_regions() or the search_regions "
-                       "operator", brain_key, run.settings["model_name"], run.settings["pretrained"])
-    return fob.compute_similarity(embedded, **index_kwargs)
-
-
-def zoo_model_kwargs(run: RegionRun) -> Optional[dict]:
-    """What FiftyOne's open-clip-torch zoo model needs to embed text exactly as the run's backbone does
-    (same weights, same activation), or None when it cannot load them here (random weights, offline).
-
-    An open_clip tag is named as such (``<model>-quickgelu`` where the weights need it), which any
-    machine can load. Weights in a file (a checkpoint, or a tag an installed package ships) are named
-    as ``local-dir:`` of a folder holding the model's config and a link to the file, so a process that
-    never imported this package builds the same model; on another machine that folder must exist (any
-    use of the run there, e.g. ``build_region_index``, creates it). ``text_prompt`` is empty: the zoo
-    model would otherwise prefix every query ("A photo of ...")."""
-    settings = run.settings
-    name, pretrained = settings["model_name"], settings.get("pretrained")
-    if not pretrained:
-        return None
-    quick_gelu = settings.get("activation") == "quick_gelu"
-    checkpoint = str(pretrained) if os.path.isfile(str(pretrained)) else shipped_checkpoint(name, pretrained)
-    if checkpoint:
-        return {"clip_model": f"local-dir:{open_clip_folder(name, checkpoint, quick_gelu)}", "pretrained": None,
-                "text_prompt": ""}
-    if quick_gelu and not name.endswith("-quickgelu"):
-        if f"{name}-quickgelu" not in open_clip.list_models():
-            return None  # the zoo model cannot be told to build QuickGELU for this architecture
-        name = f"{name}-quickgelu"
-    if not weights_obtainable(settings["model_name"], pretrained) or \
-            pretrained not in open_clip.list_pretrained_tags_by_model(name):
-        return None
-    return {"clip_model": name, "pretrained": pretrained, "text_prompt": ""}
+        results.config.supports_prompts = True
+        results.save_config()
+    return results

@@ -245,3 +245,30 @@ def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url,
         assert str(REVIEW_OPACITY) in sliders  # ...and applied to the open App (the App's default is 0.7)
     finally:
         delete_with_heatmaps(dataset)
+
+
+def test_the_search_operator_shows_the_query_words_in_the_view_bar(app_url, page, tmp_path):
+    """Searching by text from the operator opens FiftyOne's own similarity stage over the region index,
+    so the view bar reads the user's words (it showed Select(ids) or base64 before)."""
+    dataset = load_coco(3, persistent=True)
+    try:
+        checkpoint = save_checkpoint(tmp_path / "tiny.pt", seed=3)  # weights the index can reload by path
+        mifo.compute_region_embeddings(dataset, "ground_truth", model_name="mi-test-tiny", pretrained=checkpoint,
+                                       image_size=64, iterations=1)
+        mifo.build_region_index(dataset, "ground_truth")
+        _open(page, f"{app_url}/datasets/{dataset.name}")
+        page.keyboard.press("`")
+        page.keyboard.type("search regions")
+        page.get_by_text("MaskInversion: search regions by text or region").first.click()
+        _wait_for(page, "text=Text query", timeout=30_000)
+        page.locator("[role='dialog'] input[type='string'][value='']").first.fill("a striped chair")  # Text query
+        page.locator("input[value='25']").fill("4")
+        page.get_by_role("button", name="Execute").click()
+        _wait_for(page, "text=4 patches", timeout=60_000)
+        time.sleep(2)
+        page.screenshot(path=str(ARTIFACTS / "app-search-view-bar.png"))
+        bar = page.locator("[data-cy='view-bar']").first
+        values = bar.evaluate("bar => Array.from(bar.querySelectorAll('input')).map(e => e.value)")
+        assert values[values.index("SortBySimilarity") + 1] == "a striped chair", values  # the stage's query
+    finally:
+        delete_with_heatmaps(dataset)

@@ -9,7 +9,7 @@ import torch
 
 from fiftyone_maskinversion import WeightsUnavailableError, load_backbone
 
-from ..helpers import make_backbone, openai_vit_b16_in_private_hub_cache, save_checkpoint
+from ..helpers import make_backbone, openai_vit_b16_in_private_hub_cache
 
 
 def test_checkpoint_round_trip(tmp_path, scene):
@@ -119,31 +119,3 @@ def test_openai_tag_is_built_with_quick_gelu_as_its_weights_were_trained(monkeyp
     assert by_tag.weights_id == quick.weights_id != plain.weights_id
     forced = load_backbone("ViT-B-16", pretrained=str(checkpoint), image_size=224, device="cpu", quick_gelu=True)
     assert _relative_error(forced.encode_image(image), quick.encode_image(image)) <= 1e-5
-
-
-def test_a_folder_open_clip_loads_on_its_own_in_the_cache_or_a_shared_place(tmp_path, monkeypatch):
-    """The index's zoo model names such a folder: open_clip must build the run's model from it alone."""
-    from pathlib import Path
-
-    from fiftyone_maskinversion.core.backbone import MODEL_DIR_ENV, open_clip_folder
-
-    path = save_checkpoint(tmp_path / "tiny.pt", seed=4)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(MODEL_DIR_ENV, raising=False)
-    local = open_clip_folder("mi-test-tiny", path, quick_gelu=False)
-    assert local.startswith(str(tmp_path / "cache")) and Path(local, "open_clip_pytorch_model.bin").is_symlink()
-    assert open_clip_folder("mi-test-tiny", path, quick_gelu=False) == local  # made once
-
-    monkeypatch.setenv(MODEL_DIR_ENV, str(tmp_path / "shared"))  # every machine of a team sees it
-    shared = open_clip_folder("mi-test-tiny", path, quick_gelu=True)
-    weights = Path(shared, "open_clip_pytorch_model.bin")
-    assert shared.startswith(str(tmp_path / "shared")) and not weights.is_symlink()
-    assert weights.read_bytes() == Path(path).read_bytes()
-    model = open_clip.create_model(f"local-dir:{shared}").eval()
-    tokens = open_clip.get_tokenizer(f"local-dir:{shared}")(["a red circle"])
-    with torch.no_grad():
-        theirs = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)[0]
-    ours = load_backbone("mi-test-tiny", pretrained=path, image_size=64, device="cpu", quick_gelu=True)
-    torch.testing.assert_close(theirs, ours.encode_text(["a red circle"])[0], atol=1e-5, rtol=1e-5)
-    gelu = load_backbone("mi-test-tiny", pretrained=path, image_size=64, device="cpu")
-    assert (theirs - gelu.encode_text(["a red circle"])[0]).abs().max() > 1e-4  # the activation was kept

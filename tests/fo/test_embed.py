@@ -11,7 +11,7 @@ import fiftyone_maskinversion.fo as mifo
 from fiftyone_maskinversion import MaskInverter
 from fiftyone_maskinversion.fo.regions import region_mask
 
-from ..helpers import COCO_DIR, Interrupted, interrupt_after, save_checkpoint
+from ..helpers import COCO_DIR, Interrupted, interrupt_after
 
 PRED = "ground_truth_mi_embedding_relabel"  # the default predictions field of the default run
 
@@ -245,82 +245,3 @@ def test_delete_region_results(embedded, tiny):
     assert embedded.list_brain_runs() == [] and embedded.list_runs() == [] and "maskinversion" not in embedded.info
     assert mifo.heatmaps_dataset(embedded) is None  # emptied, so deleted
     assert embedded.count("ground_truth.detections") > 0  # the ground truth itself stays
-
-
-def test_index_for_a_pretrained_tag_falls_back_when_the_zoo_model_cannot_load(embedded, caplog):
-    """With a standard model + tag the index names the zoo text model; offline it cannot load, and the
-    index is built without it (the App's region-to-region search still works)."""
-    from fiftyone_maskinversion.fo.runs import find_run, save_run
-
-    run = find_run(embedded, "ground_truth", "mi_embedding")
-    run.settings = {**run.settings, "model_name": "ViT-B-32", "pretrained": "openai", "activation": "quick_gelu"}
-    save_run(embedded, run)
-    results = mifo.build_region_index(embedded, "ground_truth")
-    assert "text search box will not work" in caplog.text
-    assert embedded.list_brain_runs() == [results.key] == [find_run(embedded, "ground_truth", "mi_embedding").brain_key]
-    region = embedded.first().ground_truth.detections[0].id
-    view = embedded.to_patches("ground_truth").sort_by_similarity(region, k=2, brain_key=results.key)
-    assert view.first().ground_truth.id == region
-
-
-PLAIN_PROCESS_QUERY = """
-import sys, json, fiftyone as fo
-dataset = fo.load_dataset(sys.argv[1])
-view = dataset.to_patches("ground_truth").sort_by_similarity("a chair", k=4, brain_key=sys.argv[2])
-print(json.dumps({"ids": view.values("id"), "ours_imported": "fiftyone_maskinversion" in sys.modules}))
-"""
-
-
-def test_index_names_the_zoo_text_model_so_string_queries_work_like_the_app(coco_dataset, tmp_path):
-    """The App's text search box sends the text to the index's own model; with a checkpoint file the
-    index names FiftyOne's open-clip-torch zoo model on a folder open_clip loads by itself, which embeds
-    a text exactly as we do, also in a plain Python process that never imported this package (and does
-    not know the model's config)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    path = save_checkpoint(tmp_path / "tiny.pt", seed=7)
-    mifo.compute_region_embeddings(coco_dataset, "ground_truth", model_name="mi-test-tiny", pretrained=path,
-                                   image_size=64, iterations=2)
-    results = mifo.build_region_index(coco_dataset, "ground_truth")
-    assert results.config.model == "open-clip-torch"
-    kwargs = results.config.model_kwargs
-    assert kwargs["clip_model"].startswith("local-dir:") and kwargs["pretrained"] is None
-    from fiftyone_maskinversion.fo.runs import backbone_for, find_run
-
-    ours = backbone_for(find_run(coco_dataset, "ground_truth", "mi_embedding")).encode_text(["a chair"])[0]
-    zoo = results.get_model().embed_prompt("a chair")
-    np.testing.assert_allclose(zoo / np.linalg.norm(zoo), ours.numpy(), atol=1e-5)
-
-    coco_dataset.persistent = True  # visible to the other process
-    env = {k: v for k, v in os.environ.items() if k != "MASKINVERSION_MODEL_CONFIGS"}
-    plain = subprocess.run([sys.executable, "-c", PLAIN_PROCESS_QUERY, coco_dataset.name, results.key],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert plain.returncode == 0, plain.stderr
-    got = json.loads(plain.stdout.strip().splitlines()[-1])
-    expected = coco_dataset.to_patches("ground_truth").sort_by_similarity("a chair", k=4, brain_key=results.key)
-    assert got == {"ids": expected.values("id"), "ours_imported": False}
-
-
-def test_the_index_zoo_model_of_an_openai_tag_embeds_text_like_the_run(monkeypatch, tmp_path):
-    """The App's text box embeds queries with the zoo model the index names: for an OpenAI tag it must be
-    the QuickGELU architecture, so its text embedding equals the run's own."""
-    import fiftyone.zoo as foz
-
-    from fiftyone_maskinversion import load_backbone
-    from fiftyone_maskinversion.fo.runs import RegionRun, make_settings
-    from fiftyone_maskinversion.fo.search import zoo_model_kwargs
-
-    from ..helpers import openai_vit_b16_in_private_hub_cache
-
-    openai_vit_b16_in_private_hub_cache(monkeypatch, tmp_path)
-    backbone = load_backbone("ViT-B-16", pretrained="openai", image_size=224, device="cpu")
-    run = RegionRun(key="k", label_field="gt", regions_field="gt", embeddings_field="e",
-                    settings=make_settings(backbone), settings_id="s", dataset_id="d")
-    kwargs = zoo_model_kwargs(run)
-    assert kwargs == {"clip_model": "ViT-B-16-quickgelu", "pretrained": "openai", "text_prompt": ""}
-    zoo = foz.load_zoo_model("open-clip-torch", **kwargs).embed_prompt("a dog on a sofa")
-    ours = backbone.encode_text(["a dog on a sofa"])[0].numpy()
-    np.testing.assert_allclose(zoo / np.linalg.norm(zoo), ours, atol=1e-5)
