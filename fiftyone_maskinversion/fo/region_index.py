@@ -11,7 +11,7 @@ cannot be loaded there, the text query fails with the loader's error naming what
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import fiftyone.core.models as fom
 import numpy as np
@@ -19,7 +19,7 @@ from fiftyone.brain.internal.core.sklearn import SklearnSimilarity, SklearnSimil
 
 from ..core.backbone import Backbone
 from ..core.ranking import cosine_top_k
-from .runs import backbone_for, find_run
+from .runs import backbone_for, list_region_runs
 
 
 class RegionTextModel(fom.Model, fom.PromptMixin):
@@ -65,13 +65,7 @@ class RegionTextModel(fom.Model, fom.PromptMixin):
 
 
 class RegionSimilarityConfig(SklearnSimilarityConfig):
-    """Settings of a region index: the sklearn ones plus the run (label field, embeddings field) it indexes."""
-
-    def __init__(self, region_label_field: Optional[str] = None, region_embeddings_field: Optional[str] = None,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.region_label_field = region_label_field
-        self.region_embeddings_field = region_embeddings_field
+    """Settings of a region index (the sklearn ones); the class itself names the region index's code."""
 
 
 class RegionSimilarity(SklearnSimilarity):
@@ -91,12 +85,10 @@ class RegionSimilarityIndex(SklearnSimilarityIndex):
     def get_model(self) -> RegionTextModel:
         if self._model is None:
             dataset = self._dataset
-            run = find_run(dataset, self.config.region_label_field, self.config.region_embeddings_field)
-            if run is None:
-                raise ValueError(f"index {self.key!r} of dataset {dataset.name!r}: its region run "
-                                 f"({self.config.region_label_field}, {self.config.region_embeddings_field}) "
-                                 "no longer exists")
-            self._model = RegionTextModel(backbone_for(run))
+            runs = [run for run in list_region_runs(dataset) if run.brain_key == self.key]
+            if not runs:
+                raise ValueError(f"index {self.key!r} of dataset {dataset.name!r}: no region run owns it any more")
+            self._model = RegionTextModel(backbone_for(runs[0]))
         return self._model
 
     def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):

@@ -105,7 +105,6 @@ def build_region_index(
         current_regions(samples, run), backend=RegionSimilarityConfig, brain_key=brain_key, metric="cosine",
         patches_field=run.regions_field, progress=False,
         embeddings=f"{list_path(samples, run.regions_field)}.{run.embeddings_field}",
-        region_label_field=run.label_field, region_embeddings_field=run.embeddings_field,
     )
     try:
         results.get_model()

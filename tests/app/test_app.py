@@ -261,6 +261,8 @@ def test_the_search_operator_shows_the_query_words_in_the_view_bar(app_url, page
         page.keyboard.type("search regions")
         page.get_by_text("MaskInversion: search regions by text or region").first.click()
         _wait_for(page, "text=Text query", timeout=30_000)
+        time.sleep(2)
+        assert page.get_by_role("button", name="Execute").is_disabled()  # an empty query: the form refuses it
         page.locator("[role='dialog'] input[type='string'][value='']").first.fill("a striped chair")  # Text query
         page.locator("input[value='25']").fill("4")
         page.get_by_role("button", name="Execute").click()
