@@ -161,10 +161,15 @@ def require_run(samples, label_field: str, embeddings_field: str) -> RegionRun:
     """The run, or a clear error naming what exists and what to compute first."""
     run = find_run(samples, label_field, embeddings_field)
     if run is None:
-        existing = [f"{r.label_field}/{r.embeddings_field}" for r in list_region_runs(samples)]
+        dataset = samples._dataset
+        runs = list_region_runs(dataset)
+        existing = [f"{r.label_field}/{r.embeddings_field}" for r in runs]
+        gone = [r.label_field for r in runs if not dataset.has_sample_field(r.label_field)]
+        hint = (f"; the field of the run(s) on {gone} no longer exists: a run follows no rename (nor do "
+                "FiftyOne's brain runs), so rename the field back or compute again" if gone else "")
         raise ValueError(
-            f"no region embeddings {embeddings_field!r} on {label_field!r} in {samples._dataset.name!r}: "
-            f"run compute_region_embeddings first (existing runs, field/embeddings: {existing or 'none'})"
+            f"no region embeddings {embeddings_field!r} on {label_field!r} in {dataset.name!r}: "
+            f"run compute_region_embeddings first (existing runs, field/embeddings: {existing or 'none'}){hint}"
         )
     return run
 

@@ -147,3 +147,19 @@ def test_the_index_of_an_openai_tag_embeds_text_with_the_quickgelu_model(monkeyp
         assert np.abs(ours - (gelu / gelu.norm()).numpy()).max() > 1e-4
     finally:
         delete_with_heatmaps(dataset)
+
+
+def test_a_clone_searches_through_its_own_copy_of_the_index(indexed):
+    dataset, results, _ = indexed
+    clone = dataset.clone()
+    try:
+        assert clone.list_brain_runs() == [results.key]
+        ids, matrix = _regions(clone)
+        text = backbone_for(find_run(clone, "ground_truth", "mi_embedding")).encode_text([QUERY])[0].numpy()
+        view = mifo.search_regions(clone, "ground_truth", text=QUERY, k=6)
+        assert type(view._stages[-1]).__name__ == "SortBySimilarity" and view._root_dataset.name == clone.name
+        assert view.values("id") == _numpy_order(ids, matrix, text)[:6]
+        mifo.delete_region_results(clone, "ground_truth")  # the clone's index goes, the original's stays
+        assert clone.list_brain_runs() == [] and dataset.list_brain_runs() == [results.key]
+    finally:
+        delete_with_heatmaps(clone)

@@ -231,6 +231,22 @@ def test_heatmaps_follow_rename_clone_and_delete(coco_dataset, tiny):
     assert fo.dataset_exists(name)  # a live dataset's companion stays
 
 
+def test_a_renamed_label_field_is_refused_with_the_way_back_and_nothing_written(coco_dataset, tiny):
+    """A run does not follow a field rename (FiftyOne's brain runs do not either): every follow-up on
+    the new name says so before writing anything, and renaming back restores the run."""
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    coco_dataset.rename_sample_field("ground_truth", "gt")
+    fields = set(coco_dataset.get_field_schema(flat=True))
+    for follow_up in (lambda: mifo.zero_shot_relabel(coco_dataset, "gt", prompt=SINGLE, backbone=tiny),
+                      lambda: mifo.search_regions(coco_dataset, "gt", text="a dog", backbone=tiny),
+                      lambda: mifo.score_masks(coco_dataset, "gt", backbone=tiny)):
+        with pytest.raises(ValueError, match=r"\['ground_truth'\] no longer exists.*rename the field back"):
+            follow_up()
+    assert set(coco_dataset.get_field_schema(flat=True)) == fields
+    coco_dataset.rename_sample_field("gt", "ground_truth")
+    assert len(mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=3, backbone=tiny)) == 3
+
+
 def test_a_failed_overwrite_removes_the_old_heatmap(coco_dataset, tiny):
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     sample = coco_dataset.first()
