@@ -68,13 +68,17 @@ def search_regions(samples, label_field: str, text: Optional[str] = None, region
                    backbone: Optional[Backbone] = None):
     """A patches view of the ``k`` regions most similar (cosine) to ``text`` or to the region ``region_id``.
 
-    Where the run's region index can answer the query, the view is FiftyOne's own ``SortBySimilarity``
-    stage over it (the App's view bar then reads the query); it ranks with the same function as here."""
+    Where the run's region index gives these very regions (it ranks with the same function, but an
+    index loaded before a label was deleted may still hold it), the view is FiftyOne's own
+    ``SortBySimilarity`` stage over it, so the App's view bar reads the query."""
     run, ranked = rank_regions(samples, label_field, text, region_id, k, embeddings_field, backbone)
+    ids = [i for i, _ in ranked]
     patches = samples.to_patches(run.regions_field)
     if _index_answers(samples, run, text is not None):
-        return patches.sort_by_similarity(text if text is not None else region_id, k=k, brain_key=run.brain_key)
-    return patches.select([i for i, _ in ranked], ordered=True)  # a patch's id is its label's id
+        view = patches.sort_by_similarity(text if text is not None else region_id, k=k, brain_key=run.brain_key)
+        if view.values("id") == ids:
+            return view
+    return patches.select(ids, ordered=True)  # a patch's id is its label's id
 
 
 def _index_answers(samples, run: RegionRun, is_text: bool) -> bool:

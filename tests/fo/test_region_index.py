@@ -163,3 +163,14 @@ def test_a_clone_searches_through_its_own_copy_of_the_index(indexed):
         assert clone.list_brain_runs() == [] and dataset.list_brain_runs() == [results.key]
     finally:
         delete_with_heatmaps(clone)
+
+
+def test_search_never_disagrees_with_an_index_older_than_a_deleted_label(indexed):
+    """The index still holds a label the user deleted since: the search still returns k live regions."""
+    dataset, results, _ = indexed
+    text = backbone_for(find_run(dataset, "ground_truth", "mi_embedding")).encode_text([QUERY])[0].numpy()
+    top = mifo.search_regions(dataset, "ground_truth", text=QUERY, k=1).values("id")[0]
+    dataset.delete_labels(ids=[top])
+    ids, matrix = _regions(dataset)
+    view = mifo.search_regions(dataset, "ground_truth", text=QUERY, k=3)
+    assert view.values("id") == _numpy_order(ids, matrix, text)[:3]
