@@ -106,6 +106,26 @@ def test_a_process_that_never_imported_the_package_searches_the_index_or_says_wh
     assert missing.returncode != 0 and path in missing.stderr
 
 
+def test_the_shipped_model_index_needs_nothing_but_the_installed_package(tmp_path):
+    """The shipped tag (mi-synth-vit / synthetic) registers itself through the package's entry point, so a
+    plain process with no model configs announced runs the App's text query on its index."""
+    dataset = load_coco(2, persistent=True)
+    try:
+        mifo.compute_region_embeddings(dataset, "ground_truth", model_name="mi-synth-vit", pretrained="synthetic",
+                                       image_size=64, iterations=1)
+        results = mifo.build_region_index(dataset, "ground_truth")
+        assert results.supports_prompts
+        ids, matrix = _regions(dataset)
+        text = backbone_for(find_run(dataset, "ground_truth", "mi_embedding")).encode_text(["a red circle"])[0]
+        env = {k: v for k, v in os.environ.items() if k != "MASKINVERSION_MODEL_CONFIGS"}
+        plain = subprocess.run([sys.executable, "-c", PLAIN_PROCESS_QUERY, dataset.name, results.key, "a red circle"],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+        assert plain.returncode == 0, plain.stderr
+        assert json.loads(plain.stdout.strip().splitlines()[-1]) == _numpy_order(ids, matrix, text.numpy())[:4]
+    finally:
+        delete_with_heatmaps(dataset)
+
+
 def test_an_index_without_a_loadable_text_model_still_searches_by_region(coco_dataset, tiny, caplog):
     """A run whose weights cannot be loaded here (an uncached tag, offline) gets an index without text
     queries; its region-to-region search still works, and search_regions still searches by text."""
