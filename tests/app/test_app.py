@@ -66,9 +66,14 @@ def _wait_for(page, selector, timeout=60_000):
     try:
         page.wait_for_selector(selector, timeout=timeout)
     except Exception as error:
-        _grid(page, "app-wait-failed.png")
-        shown = " ".join(page.locator("body").inner_text().split())
-        raise AssertionError(f"{selector!r} did not appear; the page showed: ...{shown[-1500:]}") from error
+        raise _page_failure(page, "app-wait-failed.png", f"{selector!r} did not appear") from error
+
+
+def _page_failure(page, shot, what):
+    """An AssertionError saying what the page showed instead (its text's end), with a screenshot kept."""
+    _grid(page, shot)
+    shown = " ".join(page.locator("body").inner_text().split())
+    return AssertionError(f"{what}; the page showed: ...{shown[-1500:]}")
 
 
 def _grid(page, name):
@@ -164,8 +169,9 @@ def test_the_embeddings_panel_renders_the_region_layout(app_url, page):
 
 def _run_operator(page, label, done, timeout=60_000):
     """Run an operator from the operator browser; ``done(ms)`` waits for its effect. A press on Execute
-    that the form swallows (it re-renders while its dynamic inputs resolve) is repeated; a running
-    operator's button is not enabled, so nothing runs twice."""
+    that the form swallows (it re-renders while its dynamic inputs resolve) is repeated while the form
+    still offers Execute; the operators run this way only open or save views (and set the review colour
+    scheme), so a second run is harmless."""
     page.keyboard.press("Escape")
     page.keyboard.press("`")
     page.keyboard.type(label.split(": ", 1)[1])
@@ -182,9 +188,7 @@ def _run_operator(page, label, done, timeout=60_000):
     try:
         done(timeout)
     except Exception as error:
-        _grid(page, "app-operator-failed.png")
-        shown = " ".join(page.locator("body").inner_text().split())
-        raise AssertionError(f"{label!r} had no effect; the page showed: ...{shown[-1500:]}") from error
+        raise _page_failure(page, "app-operator-failed.png", f"{label!r} had no effect") from error
 
 
 def _select_first_sample(page):

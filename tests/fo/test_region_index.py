@@ -36,6 +36,11 @@ def _regions(dataset):
     return ids, np.stack(vectors)
 
 
+def _run_text(dataset, query=QUERY):
+    """The query embedded by the run's own backbone (what the index's text model must reproduce)."""
+    return backbone_for(find_run(dataset, "ground_truth", "mi_embedding")).encode_text([query])[0].numpy()
+
+
 def _numpy_order(ids, matrix, query):
     """Region ids by plain cosine to ``query``, best first: the reference, written independently."""
     cosines = matrix @ query / np.linalg.norm(matrix, axis=1) / np.linalg.norm(query)
@@ -58,7 +63,7 @@ def test_the_index_ranks_by_plain_cosine_as_search_regions_does(indexed):
     dataset, results, _ = indexed
     assert isinstance(results, RegionSimilarityIndex) and results.supports_prompts
     ids, matrix = _regions(dataset)
-    text = backbone_for(find_run(dataset, "ground_truth", "mi_embedding")).encode_text([QUERY])[0].numpy()
+    text = _run_text(dataset)
     expected = _numpy_order(ids, matrix, text)
     patches = dataset.to_patches("ground_truth")
     assert patches.sort_by_similarity(QUERY, k=len(ids), brain_key=results.key).values("id") == expected
@@ -91,7 +96,7 @@ def test_a_process_that_never_imported_the_package_searches_the_index_or_says_wh
     without the run's weights the text query fails naming the missing file."""
     dataset, results, path = indexed
     ids, matrix = _regions(dataset)
-    text = backbone_for(find_run(dataset, "ground_truth", "mi_embedding")).encode_text([QUERY])[0].numpy()
+    text = _run_text(dataset)
 
     def query():
         return subprocess.run([sys.executable, "-c", PLAIN_PROCESS_QUERY, dataset.name, results.key, QUERY],
@@ -116,12 +121,12 @@ def test_the_shipped_model_index_needs_nothing_but_the_installed_package(tmp_pat
         results = mifo.build_region_index(dataset, "ground_truth")
         assert results.supports_prompts
         ids, matrix = _regions(dataset)
-        text = backbone_for(find_run(dataset, "ground_truth", "mi_embedding")).encode_text(["a red circle"])[0]
+        text = _run_text(dataset, "a red circle")
         env = {k: v for k, v in os.environ.items() if k != "MASKINVERSION_MODEL_CONFIGS"}
         plain = subprocess.run([sys.executable, "-c", PLAIN_PROCESS_QUERY, dataset.name, results.key, "a red circle"],
                                capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
         assert plain.returncode == 0, plain.stderr
-        assert json.loads(plain.stdout.strip().splitlines()[-1]) == _numpy_order(ids, matrix, text.numpy())[:4]
+        assert json.loads(plain.stdout.strip().splitlines()[-1]) == _numpy_order(ids, matrix, text)[:4]
     finally:
         delete_with_heatmaps(dataset)
 
@@ -175,7 +180,7 @@ def test_a_clone_searches_through_its_own_copy_of_the_index(indexed):
     try:
         assert clone.list_brain_runs() == [results.key]
         ids, matrix = _regions(clone)
-        text = backbone_for(find_run(clone, "ground_truth", "mi_embedding")).encode_text([QUERY])[0].numpy()
+        text = _run_text(clone)
         view = mifo.search_regions(clone, "ground_truth", text=QUERY, k=6)
         assert type(view._stages[-1]).__name__ == "SortBySimilarity" and view._root_dataset.name == clone.name
         assert view.values("id") == _numpy_order(ids, matrix, text)[:6]
@@ -188,7 +193,7 @@ def test_a_clone_searches_through_its_own_copy_of_the_index(indexed):
 def test_search_never_disagrees_with_an_index_older_than_a_deleted_label(indexed):
     """The index still holds a label the user deleted since: the search still returns k live regions."""
     dataset, results, _ = indexed
-    text = backbone_for(find_run(dataset, "ground_truth", "mi_embedding")).encode_text([QUERY])[0].numpy()
+    text = _run_text(dataset)
     top = mifo.search_regions(dataset, "ground_truth", text=QUERY, k=1).values("id")[0]
     dataset.delete_labels(ids=[top])
     ids, matrix = _regions(dataset)
