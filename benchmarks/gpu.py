@@ -1,5 +1,8 @@
-"""The engine on a CUDA GPU: exactness against the autograd engine, time and peak memory per image for
-N = 1, 10, 100 masks (ViT-B-16 at 448 px, fp32 and bf16-mixed), and a core loop over the COCO sample.
+"""The engine on a CUDA GPU: time and peak memory per image for N = 1, 10, 100 masks, each row's
+embeddings against the autograd engine's (ViT-B-16 at 448 px: fp32 by the direct products as the
+baseline, fp32 and bf16-mixed as the engine chooses, i.e. with the linear map from 32 masks on, and the
+autograd engine with other chunks for its own fp32 noise), the profile of the 100-mask call, a core loop
+over the COCO sample, and last, for information, how far TF32 matrix products move fp32 results.
 
     .venv/bin/python benchmarks/gpu.py --pack .gpudata/coco.npz      # here: pack the COCO sample (images + masks)
     python3 benchmarks/gpu.py --data .gpudata/coco.npz                # on the GPU machine
@@ -22,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fiftyone_maskinversion import MaskInverter, load_backbone  # noqa: E402
+from fiftyone_maskinversion.core import legrad  # noqa: E402
 
 COCO_DIR = REPO.parent / "shared" / "data" / "coco-val2017-mini"
 SIZE = 448
@@ -84,6 +88,50 @@ def timed(inverter: MaskInverter, image, masks, repeats: int = 3) -> tuple:
     return best, torch.cuda.max_memory_allocated(), result
 
 
+VARIANTS = ("fp32 direct", "fp32", "bf16-mixed", "autograd, 25 masks per chunk")
+
+
+def run_variant(backbone, image, masks, variant: str) -> tuple:
+    """timed() of one row's settings: "fp32 direct" never builds the linear map (the engine before it had
+    one); "autograd, 25 masks per chunk" is the reference with other sums, i.e. its own fp32 noise."""
+    min_batch = legrad.LINEAR_MAP_MIN_BATCH
+    try:
+        if variant == "fp32 direct":
+            legrad.LINEAR_MAP_MIN_BATCH = 1 << 30
+        if variant.startswith("autograd"):
+            tokens = backbone.grid_size**2 + 1
+            per_mask = 12 * 4 * backbone.visual.transformer.resblocks[-1].attn.num_heads * tokens**2
+            return timed(MaskInverter(backbone, engine="autograd", memory_budget=25 * per_mask), image, masks)
+        precision = "bf16-mixed" if variant == "bf16-mixed" else "fp32"
+        return timed(MaskInverter(backbone, precision=precision), image, masks)
+    finally:
+        legrad.LINEAR_MAP_MIN_BATCH = min_batch
+
+
+def tf32_cosines(backbone, image, instances) -> None:
+    """Min cosine to the autograd engine of fp32 with TF32 matrix products, for information; run last,
+    since switching TF32 on and off was seen to leave later fp32 results changed."""
+    for count in (1, 10, 100):
+        masks = masks_for(image, instances, count)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        reference = MaskInverter(backbone, engine="autograd").invert(image, masks).embeddings
+        torch.backends.cuda.matmul.allow_tf32 = True
+        result = MaskInverter(backbone, precision="fp32").invert(image, masks).embeddings
+        print(f"fp32 with TF32 matrix products, N = {count}: min cosine to the autograd engine "
+              f"{cosines(result, reference).min():.6f}")
+
+
+def profile(backbone, image, masks) -> None:
+    """The CUDA kernels that take the time of one fp32 call (as the engine chooses), top 12."""
+    inverter = MaskInverter(backbone, precision="fp32")
+    inverter.invert(image, masks)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        inverter.invert(image, masks)
+        torch.cuda.synchronize()
+    print(f"profile of one fp32 call with {len(masks)} masks:")
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pack", type=Path, help="write the packed COCO sample here and stop")
@@ -105,27 +153,30 @@ def main() -> None:
     print(f"fast vs autograd on CUDA (5 masks): min cosine {cosines(fast.embeddings, slow.embeddings).min():.6f}, "
           f"max heatmap difference {np.abs(fast.heatmaps - slow.heatmaps).max():.2e}")
 
-    print("| N | precision | s / image | ms / mask | peak GPU memory | min cosine to fp32 |")
+    print("| N | variant | s / image | ms / mask | peak GPU memory | min cosine to the autograd engine |")
     print("| --- | --- | --- | --- | --- | --- |")
     for count in (1, 10, 100):
         masks = masks_for(image, instances, count)
-        reference = None
-        for precision in ("fp32", "bf16-mixed"):
-            seconds, peak, result = timed(MaskInverter(backbone, precision=precision), image, masks)
-            reference = result.embeddings if reference is None else reference
+        reference = MaskInverter(backbone, engine="autograd").invert(image, masks).embeddings
+        for variant in VARIANTS:
+            if count < legrad.LINEAR_MAP_MIN_BATCH and variant == "fp32":
+                continue  # the same code as "fp32 direct" below the map's batch
+            seconds, peak, result = run_variant(backbone, image, masks, variant)
             cos = cosines(result.embeddings, reference).min()
-            print(f"| {count} | {precision} | {seconds:.3f} | {1000 * seconds / count:.1f} | {peak / 2**30:.2f} GiB | "
+            print(f"| {count} | {variant} | {seconds:.3f} | {1000 * seconds / count:.1f} | {peak / 2**30:.2f} GiB | "
                   f"{cos:.6f} |", flush=True)
+    profile(backbone, image, masks_for(image, instances, 100))
 
     inverter = MaskInverter(backbone, precision="fp32")
     regions, start = 0, time.perf_counter()
-    for image, instances in samples[: args.images]:
-        if instances is not None and len(instances):
-            regions += int(inverter.invert(image, instances).valid.sum())
+    for sample_image, sample_instances in samples[: args.images]:
+        if sample_instances is not None and len(sample_instances):
+            regions += int(inverter.invert(sample_image, sample_instances).valid.sum())
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     print(f"core loop over {len(samples[: args.images])} COCO-sample images (decode done, fp32): {regions} regions "
           f"in {wall:.1f} s = {60 * regions / wall:.0f} regions/min")
+    tf32_cosines(backbone, image, instances)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 MaskInput = Union[np.ndarray, Sequence[np.ndarray], torch.Tensor]
 
 
+# Masks resized together: bounds the float copy of the masks at the image's full size.
+RESIZE_BATCH = 16
+
+
 class InputError(ValueError):
     """An image or mask that cannot be used, with the reason."""
 
@@ -94,17 +98,20 @@ def box_mask(box: Sequence[float], width: int, height: int) -> np.ndarray:
     return mask
 
 
-def prepare_masks(masks: MaskInput, image_size_hw: tuple, size: int) -> PreparedMasks:
+def prepare_masks(
+    masks: MaskInput, image_size_hw: tuple, size: int, device: Optional[torch.device] = None
+) -> PreparedMasks:
     """Validate N binary masks of an HxW image and resize them (bilinear, antialiased) to size x size.
 
     Raises InputError for malformed input (wrong shape, non-binary, NaN); an empty mask is not an
     error of the call: it is marked invalid with a reason so the other masks are still computed.
+    The resizing runs on ``device`` (default: the CPU), where the masks travel as booleans.
     """
     mask_list = _as_mask_list(masks)
     height, width = image_size_hw
     valid = np.zeros(len(mask_list), dtype=bool)
     errors: List[Optional[str]] = [None] * len(mask_list)
-    resized = []
+    binaries = []
     for k, mask in enumerate(mask_list):
         if mask.shape != (height, width):
             raise InputError(f"mask {k} has shape {mask.shape}, the image is {height}x{width} (HxW)")
@@ -112,17 +119,21 @@ def prepare_masks(masks: MaskInput, image_size_hw: tuple, size: int) -> Prepared
         if not binary.any():
             errors[k] = "empty mask: no pixel is set"
             continue
-        grid = F.interpolate(
-            torch.from_numpy(binary).float()[None, None],
-            size=(size, size),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )[0, 0]
         valid[k] = True
-        resized.append(grid.clamp_(0.0, 1.0))
-    stacked = torch.stack(resized) if resized else torch.zeros(0, size, size)
+        binaries.append(binary)
+    resized = [
+        _resize_masks(binaries[start: start + RESIZE_BATCH], size, device)
+        for start in range(0, len(binaries), RESIZE_BATCH)
+    ]
+    stacked = torch.cat(resized) if resized else torch.zeros(0, size, size, device=device)
     return PreparedMasks(grid_masks=stacked, valid=valid, errors=errors)
+
+
+def _resize_masks(binaries: List[np.ndarray], size: int, device: Optional[torch.device]) -> torch.Tensor:
+    """B x size x size floats in [0, 1] of B boolean H x W masks, resized on ``device``."""
+    batch = torch.from_numpy(np.stack(binaries)).to(device).float().unsqueeze(1)
+    grid = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return grid[:, 0].clamp_(0.0, 1.0)
 
 
 def _as_mask_list(masks: MaskInput) -> List[np.ndarray]:

@@ -9,7 +9,7 @@ sign of small gradient coordinates. On CUDA the products are accumulated and ret
 min cosine was still 0.82 (ViT-B-32/224, H200): the operands' rounding alone is enough. "auto"
 therefore chooses bf16-mixed only once that table's min cosine reaches 0.999 (:data:`AUTO_USES_BF16`);
 until then it means fp32, and bf16-mixed (about 1.5x faster for ViT-B-16/448 on a CPU with AVX512-BF16,
-1.3x on an H200 at 100 masks) is there for who asks for it.
+1.15x on an H200 at 100 masks) is there for who asks for it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fiftyone_maskinversion import InputError, MaskInverter
@@ -115,3 +116,23 @@ def test_very_large_image(inverter):
     # same content at another resolution: squashed to the same grid, so (nearly) the same embedding
     cos = (result.embeddings * small.embeddings).sum() / np.linalg.norm(result.embeddings) / np.linalg.norm(small.embeddings)
     assert cos > 0.99
+
+
+def test_masks_resized_in_batches_equal_each_mask_resized_alone():
+    """The batched resize (RESIZE_BATCH masks at a time, empty ones left out) against F.interpolate of
+    each mask on its own, for more masks than one batch holds."""
+    import torch.nn.functional as F
+
+    from fiftyone_maskinversion.core.inputs import RESIZE_BATCH, prepare_masks
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((RESIZE_BATCH + 5, 37, 53)) > 0.6
+    masks[4] = False
+    prepared = prepare_masks(masks, (37, 53), 24)
+    assert prepared.valid.sum() == len(masks) - 1 and not prepared.valid[4]
+    expected = [
+        F.interpolate(torch.from_numpy(m).float()[None, None], size=(24, 24), mode="bilinear",
+                      align_corners=False, antialias=True)[0, 0].clamp(0, 1)
+        for m in masks[prepared.valid]
+    ]
+    torch.testing.assert_close(prepared.grid_masks, torch.stack(expected), atol=1e-6, rtol=0)

@@ -183,3 +183,51 @@ def test_an_image_state_passed_in_gives_the_same_result_and_must_match_the_block
     other = capture_image_state(tiny, tiny.pixels(image), [tiny.num_blocks - 1])
     with pytest.raises(ValueError, match="other blocks"):
         inverter.invert(image, masks, state=other)
+
+
+def many_rectangles(size, count, seed=6):
+    """``count`` random rectangle masks of a size x size image."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((count, size, size), dtype=bool)
+    for mask in masks:
+        top, left = rng.integers(0, size - 8, 2)
+        mask[top: top + rng.integers(4, size // 2), left: left + rng.integers(4, size // 2)] = True
+    return masks
+
+
+@pytest.mark.parametrize("name", ["mi-test-tiny", "mi-test-tiny-ls"])
+def test_many_masks_through_the_linear_map_give_the_direct_result(name, monkeypatch):
+    from fiftyone_maskinversion.core import legrad
+
+    backbone = make_backbone(name)
+    image, _ = square_scene(backbone.image_size)
+    masks = many_rectangles(backbone.image_size, 40)
+    built = []
+    build = legrad._FastBlock.build_linear_map
+    monkeypatch.setattr(legrad._FastBlock, "build_linear_map", lambda block, rows: built.append(rows) or build(block, rows))
+    mapped = MaskInverter(backbone, iterations=10, blocks=[0, -1], memory_budget=1 << 30).invert(image, masks)
+    assert len(built) == 2  # both explained blocks answered through their map
+    built.clear()
+    direct = MaskInverter(backbone, iterations=10, blocks=[0, -1], memory_budget=1).invert(image, masks)
+    assert not built  # one mask per chunk: below the map's batch
+    slow = MaskInverter(backbone, iterations=10, blocks=[0, -1], engine="autograd").invert(image, masks)
+    assert cosine_rows(mapped.embeddings, direct.embeddings).min() >= 0.99999
+    assert cosine_rows(mapped.embeddings, slow.embeddings).min() >= 0.9999
+    assert np.abs(mapped.heatmaps - direct.heatmaps).max() <= 1e-4
+
+
+def test_the_linear_map_is_built_only_where_it_saves_work(tiny, scene):
+    """Hand-computed for the tiny model (D = 32, MLP hidden = 256): the map costs D x hidden = 8192 once and
+    saves hidden - D = 224 per query pass, so it pays from 8192 / 224 = 36.6 passes on."""
+    from fiftyone_maskinversion.core.block_state import capture_image_state
+    from fiftyone_maskinversion.core.legrad import LINEAR_MAP_MIN_BATCH, FastEngine
+
+    state = capture_image_state(tiny, tiny.pixels(scene[0]), [tiny.num_blocks - 1])
+    engine = FastEngine(tiny, state)
+    assert not engine.blocks[0].linear_map_pays_off(36) and engine.blocks[0].linear_map_pays_off(37)
+    per_query = engine.bytes_per_query()
+    assert engine.plan(LINEAR_MAP_MIN_BATCH - 1, 100, 1 << 30) == (1 << 30) // per_query  # too few masks
+    assert engine.blocks[0].linear_map is None
+    chunk = engine.plan(LINEAR_MAP_MIN_BATCH, 100, 1 << 30)
+    assert engine.blocks[0].linear_map is not None and engine.bytes_per_query() < per_query
+    assert chunk == ((1 << 30) - engine.blocks[0].linear_map_bytes()) // engine.bytes_per_query()
