@@ -179,12 +179,8 @@ class _FastBlock:
 
     def relevance(self, queries: torch.Tensor) -> torch.Tensor:
         """B x (n-1): mean over heads and query rows of ReLU(dS/dA), CLS column dropped."""
-        batch, n = queries.shape[0], self.tokens
-        if self.linear_map is not None:
-            g_out = (queries @ self.linear_map).view(batch, n, self.width)
-        else:
-            g_out = self._gradient_out(queries)
-        g_heads = g_out.view(batch, n, self.heads, -1).transpose(1, 2)
+        g_out = queries @ self.linear_map if self.linear_map is not None else self._gradient_out(queries)
+        g_heads = g_out.view(queries.shape[0], self.tokens, self.heads, -1).transpose(1, 2)
         return _PositiveMean.apply(g_heads, self.values)[:, 1:]
 
     def _gradient_out(self, queries: torch.Tensor) -> torch.Tensor:
