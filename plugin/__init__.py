@@ -263,11 +263,13 @@ class ApplyRelabel(foo.Operator):
         params = ctx.params
         view = ctx.target_view()
         if params.get("undo"):
-            count = undo_relabel(view, params["label_field"])
+            count = undo_relabel(view, params["label_field"],
+                                 embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD)).count
         else:
             count = apply_relabel(view, params["label_field"], params.get("pred_field") or None,
                                   float(params.get("threshold", defaults.RELABEL_THRESHOLD)),
-                                  params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
+                                  params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
+                                  include_low_fidelity=bool(params.get("include_low_fidelity", False))).count
         ctx.ops.reload_dataset()
         return {"changed": count}
 

@@ -195,17 +195,17 @@ def test_zero_shot_relabel_apply_and_undo(embedded, tiny):
     with pytest.raises(ValueError, match="already exists"):
         mifo.zero_shot_relabel(embedded, "ground_truth", backbone=tiny)
 
-    changed = mifo.apply_relabel(embedded, "ground_truth", threshold=0.0)
-    assert isinstance(embedded.get_field("ground_truth.detections.mi_original_label"), fo.StringField)
-    assert changed == summary.changed > 0
+    changes = mifo.apply_relabel(embedded, "ground_truth", threshold=0.0, include_low_fidelity=True)
+    assert isinstance(embedded.get_field("ground_truth.detections.mi_embedding_relabel_from"), fo.ListField)
+    assert changes.count == summary.changed > 0
     after = embedded.first().ground_truth.detections
     preds = {p.source_label_id: p.label for p in embedded.first()[PRED].detections}
     for det in after:
         if det.id in preds:
             assert det.label == preds[det.id]
-            if det.get_attribute_value("mi_original_label", None) is not None:
-                assert det.mi_original_label == gt[det.id].label
-    assert mifo.undo_relabel(embedded, "ground_truth") == changed
+            if det.id in changes.changed:
+                assert det.mi_embedding_relabel_from == [gt[det.id].label] and changes.changed[det.id][0] == gt[det.id].label
+    assert mifo.undo_relabel(embedded, "ground_truth").changed == {i: (new, old) for i, (old, new) in changes.changed.items()}
     assert embedded.values("ground_truth.detections.label") == before
 
 

@@ -85,7 +85,9 @@ def test_a_recompute_clears_the_reviews_of_the_old_embeddings_and_delete_removes
     mifo.compute_region_embeddings(embedded, "ground_truth", backbone=tiny, iterations=3, overwrite=True)
     for name in review_names:  # they described embeddings that no longer exist
         assert embedded.count(f"ground_truth.detections.{name}") == 0, name
-    view = mifo.find_bad_masks(embedded, "ground_truth", prompt=SINGLE, backbone=tiny)  # rescores what is missing
+    assert len(mifo.find_bad_masks(embedded, "ground_truth")) == 0  # it only reads: nothing is scored now
+    mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, backbone=tiny)  # rescores what is missing
+    view = mifo.find_bad_masks(embedded, "ground_truth")
     assert len(view) == embedded.count("ground_truth.detections.mi_embedding")
 
     run = find_run(embedded, "ground_truth", "mi_embedding")

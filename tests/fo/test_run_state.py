@@ -68,9 +68,9 @@ def test_a_segmentation_field_is_used_by_its_own_name_everywhere(semantic, tiny,
     assert relabel.regions == dataset.count("semantic_regions.detections.mi_embedding")
     assert len(mifo.find_mislabeled(dataset, "semantic", include_low_fidelity=True)) == relabel.regions
     assert len(mifo.search_regions(dataset, "semantic", text="a dog", k=3, backbone=tiny)) == 3
-    changed = mifo.apply_relabel(dataset, "semantic", threshold=0.0)
-    assert changed == dataset.count("semantic_regions.detections.mi_original_label")
-    assert mifo.undo_relabel(dataset, "semantic") == changed
+    changed = mifo.apply_relabel(dataset, "semantic", threshold=0.0, include_low_fidelity=True).count
+    assert changed == dataset.count("semantic_regions.detections.mi_embedding_relabel_to")
+    assert mifo.undo_relabel(dataset, "semantic").count == changed
     deleted = mifo.delete_region_results(dataset, "semantic")
     assert deleted["regions_field"] == "semantic_regions" and not dataset.has_sample_field("semantic_regions")
     assert deleted["pred_fields"] == ["semantic_mi_embedding_relabel"] and dataset.list_runs() == []
@@ -107,12 +107,12 @@ def test_a_killed_overwrite_run_resumes_exactly_the_stale_regions(coco_dataset, 
         mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3, overwrite=True,
                                        batch_size=1, progress=interrupt_after(2))
     run = find_run(coco_dataset, "ground_truth", "mi_embedding")
-    done = coco_dataset.count_values("ground_truth.detections.mi_embedding_run").get(run.settings_id)
+    done = coco_dataset.count_values("ground_truth.detections.mi_embedding_run").get(run.stamp)
     assert 0 < done < total
     resumed = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
     assert (resumed.skipped_existing, resumed.computed, resumed.recomputed_stale) == (done, total - done, total - done)
     runs = coco_dataset.count_values("ground_truth.detections.mi_embedding_run")
-    assert runs.get(run.settings_id) == total and set(runs) <= {run.settings_id, None}  # None: crowd regions
+    assert runs.get(run.stamp) == total and set(runs) <= {run.settings_id, None}  # None: crowd regions
     sample = coco_dataset.last()  # processed after the kill: must hold the iterations=3 embedding
     dets = [d for d in sample.ground_truth.detections if not d.iscrowd]
     width, height = sample.metadata.width, sample.metadata.height
@@ -262,7 +262,7 @@ def test_a_failed_overwrite_removes_the_old_heatmap(coco_dataset, tiny):
 def test_relabels_reach_the_heatmaps_companion(coco_dataset, tiny):
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, backbone=tiny)
-    assert mifo.apply_relabel(coco_dataset, "ground_truth", threshold=0.0) > 0
+    assert mifo.apply_relabel(coco_dataset, "ground_truth", threshold=0.0, include_low_fidelity=True).count > 0
     current = dict(zip(coco_dataset.values("ground_truth.detections.id", unwind=True),
                        coco_dataset.values("ground_truth.detections.label", unwind=True)))
     for sample in mifo.heatmaps_dataset(coco_dataset):
@@ -284,7 +284,7 @@ def test_zero_area_polygons_are_reported(coco_dataset, tiny):
     summary = mifo.compute_region_embeddings(coco_dataset, "polys", backbone=tiny, iterations=2)
     reasons = {label_id: reason for _, label_id, reason in summary.failed}
     line, dot, square = sample.polys.polylines
-    assert "encloses no area" in reasons[line.id] and "encloses no area" in reasons[dot.id]
+    assert "covers no pixel" in reasons[line.id] and "covers no pixel" in reasons[dot.id]
     assert summary.computed == 1 and square.id not in reasons
 
 
@@ -313,10 +313,10 @@ def test_a_prediction_field_of_another_run_is_not_applied(coco_dataset, tiny):
     other = mifo.zero_shot_relabel(coco_dataset, "ground_truth", "mi_b", prompt=SINGLE, backbone=tiny)
     with pytest.raises(ValueError, match="no predictions"):
         mifo.apply_relabel(coco_dataset, "ground_truth", pred_field=other.pred_field, threshold=0.0)
-    with pytest.raises(ValueError, match="holds the predictions of"):
+    with pytest.raises(ValueError, match="belongs to the MaskInversion run of embeddings 'mi_b'"):
         mifo.zero_shot_relabel(coco_dataset, "ground_truth", pred_field=other.pred_field, overwrite=True,
                                backbone=tiny)
-    assert coco_dataset.count("ground_truth.detections.mi_original_label") == 0
+    assert coco_dataset.count("ground_truth.detections.mi_embedding_relabel_to") == 0
 
 
 @pytest.mark.parametrize("method", ["tsne", "pca"])
