@@ -65,10 +65,15 @@ def region_mask(region, width: int, height: int) -> np.ndarray:
     if isinstance(region, fo.Polyline):
         if not region.points or not any(len(shape) >= 3 for shape in region.points):
             raise LabelError("polyline has no shape with at least 3 points")
-        filled = fo.Polyline(points=region.points, closed=True, filled=True)
-        mask = filled.to_segmentation(frame_size=(width, height), target=255).mask > 0
-        if not mask.any():  # judged on the filled raster: a self-intersecting polygon still covers pixels
-            raise LabelError("polyline covers no pixel (its points are collinear or repeated, or it is "
+        def raster(filled: bool) -> np.ndarray:
+            shape = fo.Polyline(points=region.points, closed=True, filled=filled)
+            return shape.to_segmentation(frame_size=(width, height), target=255).mask > 0
+
+        mask = raster(True)
+        # judged on the raster, not on signed areas (a self-intersecting polygon's cancel): some pixel must be
+        # inside the outline, not only on it
+        if not (mask & ~raster(False)).any():
+            raise LabelError("polyline encloses no area (its points are collinear or repeated, or it is "
                              "smaller than one pixel)")
         return mask
     box = region.bounding_box

@@ -112,7 +112,7 @@ def test_a_killed_overwrite_run_resumes_exactly_the_stale_regions(coco_dataset, 
     resumed = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
     assert (resumed.skipped_existing, resumed.computed, resumed.recomputed_stale) == (done, total - done, total - done)
     runs = coco_dataset.count_values("ground_truth.detections.mi_embedding_run")
-    assert runs.get(run.stamp) == total and set(runs) <= {run.settings_id, None}  # None: crowd regions
+    assert runs.get(run.stamp) == total and set(runs) <= {run.stamp, None}  # None: crowd regions
     sample = coco_dataset.last()  # processed after the kill: must hold the iterations=3 embedding
     dets = [d for d in sample.ground_truth.detections if not d.iscrowd]
     width, height = sample.metadata.width, sample.metadata.height
@@ -151,10 +151,10 @@ def test_embeddings_field_never_overwrites_label_data(coco_dataset, tiny, name):
 
 def test_a_name_another_run_writes_is_refused(coco_dataset, tiny):
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2, embeddings_field="x")
-    with pytest.raises(ValueError, match="written by the run of 'x'"):
+    with pytest.raises(ValueError, match="belongs to the MaskInversion run of embeddings 'x'"):
         mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2,
                                        embeddings_field="x_dice", overwrite=True)
-    with pytest.raises(ValueError, match="holds data this run did not write"):
+    with pytest.raises(ValueError, match="holds data that no MaskInversion run wrote"):
         mifo.zero_shot_relabel(coco_dataset, "ground_truth", "x", pred_field="ground_truth", overwrite=True,
                                backbone=tiny)
     assert coco_dataset.count("ground_truth.detections") > 0 and coco_dataset.count("ground_truth.detections.x_dice")
@@ -214,8 +214,14 @@ def test_heatmaps_follow_rename_clone_and_delete(coco_dataset, tiny):
     for clone in (coco_dataset.clone(), coco_dataset.limit(2).clone()):  # a dataset clone, a view clone
         try:
             clone_ids = non_crowd_ids(clone)
-            mifo.zero_shot_relabel(clone, "ground_truth", prompt=SINGLE, backbone=tiny)  # first use adopts the run
+            if not clone.list_runs():  # a view clone copies labels, not runs: a follow-up says how to adopt them
+                with pytest.raises(ValueError, match=f"labels hold embeddings of a run of dataset "
+                                                     f"'{coco_dataset.name}'.*adopt_region_runs"):
+                    mifo.zero_shot_relabel(clone, "ground_truth", prompt=SINGLE, backbone=tiny)
+            assert heatmap_ids(clone) == []  # queries copy nothing
+            assert len(mifo.adopt_region_runs(clone)) == 1 and mifo.adopt_region_runs(clone) == []
             assert sorted(heatmap_ids(clone)) == sorted(clone_ids)
+            mifo.zero_shot_relabel(clone, "ground_truth", prompt=SINGLE, backbone=tiny)
             assert mifo.heatmaps_dataset(clone).name != mifo.heatmaps_dataset(coco_dataset).name
             again = mifo.compute_region_embeddings(clone, "ground_truth", backbone=tiny, iterations=2)
             assert again.computed == 0 and again.skipped_existing == len(clone_ids)  # the same run, resumed
@@ -284,7 +290,7 @@ def test_zero_area_polygons_are_reported(coco_dataset, tiny):
     summary = mifo.compute_region_embeddings(coco_dataset, "polys", backbone=tiny, iterations=2)
     reasons = {label_id: reason for _, label_id, reason in summary.failed}
     line, dot, square = sample.polys.polylines
-    assert "covers no pixel" in reasons[line.id] and "covers no pixel" in reasons[dot.id]
+    assert "encloses no area" in reasons[line.id] and "encloses no area" in reasons[dot.id]
     assert summary.computed == 1 and square.id not in reasons
 
 
