@@ -136,6 +136,7 @@ def compute_region_embeddings(
             "other weights, so shards, resumes and later steps would mix models. Pass an open_clip tag, "
             "a checkpoint file (save a model with torch.save(model.state_dict(), path)), or backbone="
         )
+    dataset.reload()  # see what other processes added (fields, brain runs) before checking names
     adopt_region_runs(dataset)  # an explicit step: a clone's runs become this dataset's before anything else
     run = find_run(dataset, label_field, embeddings_field)
     regions_field = _regions_field(label_field, regions_field, run, segmentation)

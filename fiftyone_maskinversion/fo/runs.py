@@ -187,7 +187,9 @@ def find_run(samples, label_field: str, embeddings_field: str) -> Optional[Regio
 
 
 def require_run(samples, label_field: str, embeddings_field: str) -> RegionRun:
-    """The run, or a clear error naming what exists and what to do first."""
+    """The run, or a clear error naming what exists and what to do first. The dataset's in-memory copy is
+    reloaded first (a read), so fields and brain runs that other processes added are seen."""
+    samples._root_dataset.reload()
     run = find_run(samples, label_field, embeddings_field)
     if run is not None:
         return run
