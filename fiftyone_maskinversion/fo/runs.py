@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import fiftyone.core.odm as foo
 
 from ..core.backbone import Backbone, load_backbone
-from .regions import label_type, list_path
+from .regions import REGION_TYPES, label_type, list_path
 
 METHOD = "maskinversion"
 OWNED_KINDS = ("attribute", "field", "brain_key")  # what a run can own (see ownership)
@@ -212,12 +212,9 @@ def require_run(samples, label_field: str, embeddings_field: str) -> RegionRun:
 
 def label_stamps(dataset, regions_field: str, embeddings_field: str) -> List[str]:
     """The distinct run stamps the labels of ``regions_field`` hold for ``embeddings_field``."""
-    if not dataset.has_sample_field(regions_field):
+    if getattr(dataset.get_field(regions_field), "document_type", None) not in REGION_TYPES:
         return []
-    try:
-        path = f"{list_path(dataset, regions_field)}.{attribute_names(embeddings_field)['run']}"
-    except ValueError:
-        return []
+    path = f"{list_path(dataset, regions_field)}.{attribute_names(embeddings_field)['run']}"
     return [s for s in dataset.distinct(path) if isinstance(s, str) and "." in s] if dataset.has_field(path) else []
 
 
