@@ -223,7 +223,7 @@ def test_the_linear_map_is_built_only_where_it_saves_work(tiny, scene):
     from fiftyone_maskinversion.core.legrad import LINEAR_MAP_MIN_BATCH, FastEngine
 
     state = capture_image_state(tiny, tiny.pixels(scene[0]), [tiny.num_blocks - 1])
-    engine = FastEngine(tiny, state)
+    engine = FastEngine(tiny, [state])
     assert not engine.blocks[0].linear_map_pays_off(36) and engine.blocks[0].linear_map_pays_off(37)
     per_query = engine.bytes_per_query()
     assert engine.plan(LINEAR_MAP_MIN_BATCH - 1, 100, 1 << 30) == (1 << 30) // per_query  # too few masks
