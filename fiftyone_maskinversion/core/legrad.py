@@ -63,13 +63,11 @@ class AutogradEngine:
         ``owners``: each row's image index (None: the engine's one image). Loops over the images."""
         if owners is None:
             return self._relevance(self.states[0], queries)
-        total = None
+        total = queries.new_zeros(len(queries), self.states[0].blocks[0].attn.shape[-1] - 1)
         for index, state in enumerate(self.states):
             rows = (owners == index).nonzero()[:, 0]
             if len(rows):
-                part = self._relevance(state, queries[rows])
-                total = part.new_zeros(len(queries), part.shape[1]) if total is None else total
-                total = total.index_put((rows,), part)
+                total = total.index_put((rows,), self._relevance(state, queries[rows]))
         return total
 
     def _relevance(self, state: ImageState, queries: torch.Tensor) -> torch.Tensor:

@@ -65,17 +65,20 @@ class exact_fp32(contextlib.ContextDecorator):
     """Pins full-precision fp32 matrix products and convolutions for the duration of a call (as context
     manager or decorator) and then restores the caller's settings, also on exception: a caller that
     switched TF32 or bf16 on globally must not turn an "fp32" run into a reduced-precision one.
-    The settings are process-wide: a thread that changes them during a call changes them for the call."""
+    Re-entrant (a decorated function may call another); the settings are process-wide, so a thread that
+    changes them during a call changes them for the call."""
+
+    def __init__(self):
+        self._saved: list = []  # one list of (setting, caller's value) per entry not yet exited
 
     def __enter__(self) -> "exact_fp32":
-        self._saved = []
-        for backend, op in _FP32_BACKENDS:
-            setting = getattr(getattr(torch.backends, backend), op)
-            self._saved.append((setting, setting.fp32_precision))
+        settings = [getattr(getattr(torch.backends, backend), op) for backend, op in _FP32_BACKENDS]
+        self._saved.append([(setting, setting.fp32_precision) for setting in settings])
+        for setting in settings:
             setting.fp32_precision = "ieee"
         return self
 
     def __exit__(self, *exc) -> bool:
-        for setting, value in reversed(self._saved):
+        for setting, value in reversed(self._saved.pop()):
             setting.fp32_precision = value
         return False

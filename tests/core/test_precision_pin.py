@@ -148,3 +148,18 @@ def test_a_k_folded_under_the_callers_medium_precision_is_exact(tiny, scene, cal
     block = tiny.visual.transformer.resblocks[-1]
     fc, gamma, out = (t.detach() for t in (block.mlp.c_fc.weight, block.ln_2.weight, block.attn.out_proj.weight))
     assert torch.equal(folded, (fc * gamma) @ out)
+
+
+def test_the_pin_is_reentrant(callers_settings):
+    """A pinned function calling another pinned one (inversion -> engine) gets the caller's settings back
+    only when the outermost call ends."""
+    from fiftyone_maskinversion.core.precision import exact_fp32
+
+    pin = exact_fp32()
+    SETUPS["medium"]()
+    before = leaf_settings()
+    with pin:
+        with pin:
+            assert set(leaf_settings().values()) == {"ieee"}
+        assert set(leaf_settings().values()) == {"ieee"}
+    assert leaf_settings() == before
