@@ -121,15 +121,16 @@ def run_variant(backbone, image, masks, variant: str) -> tuple:
 
 
 def tf32_cosines(backbone, image, instances) -> None:
-    """Min cosine to the autograd engine of fp32 with TF32 matrix products, for information; run last,
-    since switching TF32 on and off was seen to leave later fp32 results changed."""
+    """Min cosine to the autograd engine of fp32 runs with TF32 switched on by the caller: the inverter pins
+    full fp32 products (exact_fp32), so these should equal the fp32 rows; run last, since switching TF32
+    on and off was seen to leave later fp32 results changed."""
     for count in (1, 10, 100):
         masks = masks_for(image, instances, count)
         torch.backends.cuda.matmul.allow_tf32 = False
         reference = MaskInverter(backbone, engine="autograd").invert(image, masks).embeddings
         torch.backends.cuda.matmul.allow_tf32 = True
         result = MaskInverter(backbone, precision="fp32").invert(image, masks).embeddings
-        print(f"fp32 with TF32 matrix products, N = {count}: min cosine to the autograd engine "
+        print(f"fp32 with the caller's TF32 switched on, N = {count}: min cosine to the autograd engine "
               f"{cosines(result, reference).min():.6f}")
 
 
