@@ -181,15 +181,17 @@ def compute_region_embeddings(
                                 with_heatmaps=with_heatmaps)
     prepare = functools.partial(_prepare, pending=pending, min_side=backbone.patch_size)
     ahead = prefetched(view.iter_samples(progress=False), prepare)  # a second, read-only pass, same order
+    group = []  # one database batch of samples, inverted in one call (several images per chunk where they fit)
     try:
-        for index, sample in enumerate(view.iter_samples(autosave=True, batch_size=batch_size, progress=False)):
-            prepared = next(ahead, None)
-            if prepared is None or prepared.sample_id != sample.id:  # the passes disagree: prepare it here
-                prepared = prepare(sample)
-            _process_sample(sample, prepared, run, inverter, companion, pending, summary)
-            summary.samples += 1
-            if progress:
-                progress(index + 1, total)
+        with view.save_context(batch_size=batch_size) as saver:
+            for sample in view.iter_samples(progress=False):
+                prepared = next(ahead, None)
+                if prepared is None or prepared.sample_id != sample.id:  # the passes disagree: prepare it here
+                    prepared = prepare(sample)
+                group.append(_gather(sample, prepared, run, pending, summary))
+                if len(group) == batch_size:
+                    _invert_and_write(group, run, inverter, companion, saver, summary, progress, total)
+            _invert_and_write(group, run, inverter, companion, saver, summary, progress, total)
     finally:
         ahead.close()
     if summary.computed:
@@ -255,58 +257,91 @@ def _prepare(sample, pending: Callable, min_side: int) -> PreparedSample:
     return prepared
 
 
-def _process_sample(sample, prepared: PreparedSample, run: RegionRun, inverter, companion, pending: Callable,
-                    summary) -> None:
-    """Invert every pending region of one sample; heatmaps are stored before the labels are saved."""
+@dataclass
+class _Work:
+    """One sample's part of a group: its regions to invert with their masks, and those that failed already."""
+
+    sample: object
+    image: object = None
+    regions: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # (region, reason)
+
+
+def _gather(sample, prepared: PreparedSample, run: RegionRun, pending: Callable, summary) -> _Work:
+    """Sort one sample's regions: skipped (done, crowd), failed before inversion (no image, no mask), to invert."""
     names = attribute_names(run.embeddings_field)
-    container = sample[run.regions_field]
-    pending, done, crowd, lost = pending(sample)
+    todo, done, crowd, lost = pending(sample)
     summary.skipped_existing += len(done)
     summary.skipped_crowd += len(crowd)
     for region in crowd:
         region[names["error"]] = "crowd region (iscrowd=1) skipped; pass include_crowd=True to embed it"
     summary.recomputed_stale += sum(attribute(r, names["embedding"]) is not None and not is_current(r, run)
-                                    for r in pending)
+                                    for r in todo)
     summary.recomputed_missing_heatmap += lost
-    if not pending:
-        return
-    failed, regions, masks = [], [], []
-    for region in pending:
+    work = _Work(sample, prepared.image)
+    for region in todo:
         for key in REVIEW_ATTRIBUTES:  # they described the embedding about to be replaced
             if attribute(region, names[key]) is not None:
                 region[names[key]] = None
         mask = prepared.image_error or prepared.masks.get(region.id)
         if isinstance(mask, (str, Exception)) or mask is None:
-            failed.append((region, str(mask) if mask is not None else "the region changed while the run read it"))
+            work.failed.append((region, str(mask) if mask is not None else "the region changed while the run read it"))
         else:
-            regions.append(region)
-            masks.append(mask)
+            work.regions.append(region)
+            work.masks.append(mask)
+    return work
+
+
+def _invert_and_write(group: List[_Work], run: RegionRun, inverter, companion, saver, summary, progress, total) -> None:
+    """Invert the regions of a group of samples in one call, store their heatmaps, then save the samples."""
+    inverted = [work for work in group if work.regions]
+    results = inverter.invert_many([(work.image, work.masks) for work in inverted]) if inverted else []
+    for work, result in zip(inverted, results):
+        _write(work, result, run, inverter.backbone.grid_size, companion, summary)
+    for work in group:
+        _record_failures(work, run, companion, summary)
+        saver.save(work.sample)
+        summary.samples += 1
+        if progress:
+            progress(summary.samples, total)
+    group.clear()
+
+
+def _write(work: _Work, result, run: RegionRun, grid: int, companion, summary) -> None:
+    """Put one sample's inversion results on its labels; its heatmaps go to the companion first."""
+    names = attribute_names(run.embeddings_field)
+    container = work.sample[run.regions_field]
     new_heatmaps = []
-    if regions:
-        result = inverter.invert(prepared.image, masks)
-        for k, region in enumerate(regions):
-            if not result.valid[k]:
-                failed.append((region, result.errors[k]))
-                continue
-            fidelity = {"dice": float(result.dice[k]), "iou": float(result.iou[k])}
-            region[names["embedding"]] = result.embeddings[k]
-            region[names["dice"]], region[names["iou"]] = fidelity["dice"], fidelity["iou"]
-            region[names["error"]] = None
-            region[names["run"]] = run.stamp
-            heatmap = heatmap_store.heatmap_label(result.heatmaps[k], inverter.backbone.grid_size)
-            new_heatmaps.append(heatmap_store.region_sample(
-                sample, region, container, run.regions_field, run.embeddings_field, heatmap, fidelity))
-            summary.computed += 1
+    for k, region in enumerate(work.regions):
+        if not result.valid[k]:
+            work.failed.append((region, result.errors[k]))
+            continue
+        fidelity = {"dice": float(result.dice[k]), "iou": float(result.iou[k])}
+        region[names["embedding"]] = result.embeddings[k]
+        region[names["dice"]], region[names["iou"]] = fidelity["dice"], fidelity["iou"]
+        region[names["error"]] = None
+        region[names["run"]] = run.stamp
+        new_heatmaps.append(heatmap_store.region_sample(
+            work.sample, region, container, run.regions_field, run.embeddings_field,
+            heatmap_store.heatmap_label(result.heatmaps[k], grid), fidelity))
+        summary.computed += 1
     heatmap_store.replace_region_samples(companion, run.regions_field, run.embeddings_field, new_heatmaps)
-    for region, reason in failed:
+
+
+def _record_failures(work: _Work, run: RegionRun, companion, summary) -> None:
+    """Say on each failed region why it has no embedding, and drop an earlier run's heatmap of it."""
+    names = attribute_names(run.embeddings_field)
+    sample = work.sample
+    for region, reason in work.failed:
         for key in ("embedding", "dice", "iou"):
             region[names[key]] = None
         region[names["error"]], region[names["run"]] = reason, run.stamp
         summary.failed.append((sample.id, region.id, reason))
         logger.warning("sample %s (%s), label %s: %s", sample.id, sample.filepath, region.id, reason)
-    if failed:  # an earlier run's heatmap of a region that now has no embedding must not stay
+    if work.failed:
         heatmap_store.forget_region_samples(companion, run.regions_field, run.embeddings_field,
-                                            [region.id for region, _ in failed])
+                                            [region.id for region, _ in work.failed])
 
 
 def _drop_outdated_brain_runs(dataset, run: RegionRun) -> List[str]:
