@@ -15,6 +15,7 @@ from ..core.backbone import Backbone, load_backbone
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter, check_method
 from . import heatmaps as heatmap_store
+from . import leases
 from .adoption import adopt_region_runs
 from .arguments import check_count, check_shard
 from .ownership import check_free, check_name, claim, release, set_role
@@ -61,6 +62,7 @@ class RegionRunSummary:
     recomputed_missing_heatmap: int = 0  # of computed: finished regions whose heatmap had been lost
     skipped_existing: int = 0
     skipped_crowd: int = 0
+    skipped_other_worker: int = 0  # regions another process was computing at the same time
     failed: List[tuple] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
@@ -76,6 +78,8 @@ class RegionRunSummary:
             f"embeddings, dice, iou: label attributes {where}, {where}_dice, {where}_iou; "
             f"heatmaps: dataset {self.heatmaps_dataset!r}",
         ]
+        if self.skipped_other_worker:
+            lines.append(f"skipped {self.skipped_other_worker} regions another process was computing at the same time")
         if self.outdated_brain_runs:
             lines.append(f"brain runs {self.outdated_brain_runs} no longer covered every region and were removed: "
                          "rebuild them with build_region_index / visualize_regions")
@@ -182,18 +186,28 @@ def compute_region_embeddings(
     prepare = functools.partial(_prepare, pending=pending, min_side=backbone.patch_size)
     ahead = prefetched(view.iter_samples(progress=False), prepare)  # a second, read-only pass, same order
     group = []  # one database batch of samples, inverted in one call (several images per chunk where they fit)
+    write = functools.partial(_invert_and_write, view=view, run=run, inverter=inverter, companion=companion,
+                              summary=summary, progress=progress, total=total)
     try:
-        with view.save_context(batch_size=batch_size) as saver:
-            for sample in view.iter_samples(progress=False):
-                prepared = next(ahead, None)
-                if prepared is None or prepared.sample_id != sample.id:  # the passes disagree: prepare it here
-                    prepared = prepare(sample)
-                group.append(_gather(sample, prepared, run, pending, summary))
-                if len(group) == batch_size:
-                    _invert_and_write(group, run, inverter, companion, saver, summary, progress, total)
-            _invert_and_write(group, run, inverter, companion, saver, summary, progress, total)
+        for sample in view.iter_samples(progress=False):
+            prepared = next(ahead, None)
+            if prepared is None or prepared.sample_id != sample.id:  # the passes disagree: prepare it here
+                prepared = prepare(sample)
+            if prepared.masks or prepared.image_error:
+                if not leases.take(run.doc_id, [sample.id]):
+                    summary.skipped_other_worker += len(prepared.masks)  # another process is computing them
+                    summary.samples += 1
+                    continue
+                sample = view[sample.id]  # as stored now: another process may have written it since it was read
+                with_heatmaps.update(heatmap_store.labels_with_heatmaps(
+                    dataset, regions_field, embeddings_field, [r.id for r in regions_of(sample[regions_field])]))
+            group.append(_gather(sample, prepared, run, pending, summary))
+            if len(group) == batch_size:
+                write(group)
+        write(group)
     finally:
         ahead.close()
+        leases.give_back(run.doc_id, [work.sample.id for work in group])
     if summary.computed:
         summary.outdated_brain_runs = _drop_outdated_brain_runs(dataset, find_run(dataset, label_field, embeddings_field))
     summary.seconds = time.perf_counter() - start
@@ -293,18 +307,22 @@ def _gather(sample, prepared: PreparedSample, run: RegionRun, pending: Callable,
     return work
 
 
-def _invert_and_write(group: List[_Work], run: RegionRun, inverter, companion, saver, summary, progress, total) -> None:
-    """Invert the regions of a group of samples in one call, store their heatmaps, then save the samples."""
+def _invert_and_write(group: List[_Work], view, run: RegionRun, inverter, companion, summary, progress, total) -> None:
+    """Invert the regions of a group of samples in one call, store their heatmaps, save the samples in one
+    batch, then return their leases."""
     inverted = [work for work in group if work.regions]
     results = inverter.invert_many([(work.image, work.masks) for work in inverted]) if inverted else []
     for work, result in zip(inverted, results):
         _write(work, result, run, inverter.backbone.grid_size, companion, summary)
+    with view.save_context(batch_size=max(len(group), 1)) as saver:
+        for work in group:
+            _record_failures(work, run, companion, summary)
+            saver.save(work.sample)
     for work in group:
-        _record_failures(work, run, companion, summary)
-        saver.save(work.sample)
         summary.samples += 1
         if progress:
             progress(summary.samples, total)
+    leases.give_back(run.doc_id, [work.sample.id for work in group])
     group.clear()
 
 

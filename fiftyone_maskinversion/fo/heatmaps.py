@@ -172,10 +172,12 @@ def copy_for_clone(source_dataset_id: str, dataset: fo.Dataset, field_name: str,
     return len(copies)
 
 
-def labels_with_heatmaps(dataset: fo.Dataset, field_name: str, embeddings_field: str) -> set:
-    """The label ids of a run that have a heatmap in the companion."""
+def labels_with_heatmaps(dataset: fo.Dataset, field_name: str, embeddings_field: str,
+                         label_ids: Optional[Iterable[str]] = None) -> set:
+    """The label ids of a run (of ``label_ids``, or all) that have a heatmap in the companion."""
     companion = heatmaps_dataset(dataset)
-    return set() if companion is None else set(_of_run(companion, field_name, embeddings_field).values("source_label_id"))
+    return set() if companion is None else set(
+        _of_run(companion, field_name, embeddings_field, label_ids).values("source_label_id"))
 
 
 def delete_orphaned_heatmaps() -> List[str]:

@@ -8,7 +8,7 @@ Predictions are written to a field the run owns; the ground truth changes only t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import fiftyone as fo
 import numpy as np
@@ -85,6 +85,7 @@ def zero_shot_relabel(
     top_k: int = defaults.TOP_K,
     overwrite: bool = False,
     backbone: Optional[Backbone] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> RelabelSummary:
     """Write ``pred_field``: a clone (same geometry) of each embedded region with the predicted label.
 
@@ -97,7 +98,8 @@ def zero_shot_relabel(
     find_mislabeled); its ``label`` is not changed. The vocabulary is ``classes`` or the field's distinct
     labels; ``prompt`` is "ensemble" (CLIP's 80 templates) or one template such as "a photo of a {}.".
     The field and attributes are claimed by the run (deleted with it); data the run did not write is
-    never overwritten.
+    never overwritten. The vocabulary's text embeddings are computed once and stored with the run
+    (``progress(done, total)`` counts the classes embedded); later steps in any process read them.
     """
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._root_dataset
@@ -110,7 +112,7 @@ def zero_shot_relabel(
     for path in paths.values():
         check_free(dataset, run, "attribute", path)
     check_count("top_k", top_k)
-    backbone, classes, text, index = vocabulary(samples, run, classes, prompt, backbone)
+    backbone, classes, text, index = vocabulary(samples, run, classes, prompt, backbone, progress)
     summary = RelabelSummary(pred_field=pred_field, regions=0, changed=0, classes=classes)
 
     run = claim(dataset, run, "field", [pred_field])

@@ -19,16 +19,20 @@ import functools
 import hashlib
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import fiftyone.core.odm as foo
+import numpy as np
 
 from ..core.backbone import Backbone, load_backbone
 from .regions import REGION_TYPES, label_type, list_path
 
 METHOD = "maskinversion"
+TEXT_CACHE = "config.text_cache"  # class text embeddings of recent vocabularies (see vocabulary); never loaded whole
+TEXT_CACHE_KEEP = 4
 OWNED_KINDS = ("attribute", "field", "brain_key")  # what a run can own (see ownership)
 
 
@@ -167,13 +171,14 @@ def list_region_runs(samples) -> List[RegionRun]:
     """Every region-embedding run of the collection's dataset, as stored now (read-only)."""
     dataset = samples._root_dataset
     keys = set(dataset.list_runs())
-    docs = _collection().find({"_dataset_id": dataset._doc.id, "config.method": METHOD}).sort("timestamp", 1)
+    docs = _collection().find({"_dataset_id": dataset._doc.id, "config.method": METHOD},
+                              {TEXT_CACHE: 0}).sort("timestamp", 1)
     return [_from_doc(doc) for doc in docs if doc["key"] in keys]
 
 
 def reload_run(samples, run: RegionRun) -> RegionRun:
     """The record of ``run`` as stored now."""
-    doc = _collection().find_one({"_id": run.doc_id})
+    doc = _collection().find_one({"_id": run.doc_id}, {TEXT_CACHE: 0})
     if doc is None:
         raise ValueError(f"{run.describe()} was deleted meanwhile")
     return _from_doc(doc)
@@ -277,6 +282,25 @@ def update_run(samples, run: RegionRun, set_: Optional[dict] = None, add: Option
         if not result.matched_count:
             raise ValueError(f"{run.describe()} was deleted meanwhile")
     return reload_run(samples, run)
+
+
+def stored_text_embeddings(run: RegionRun, key: str) -> Optional[np.ndarray]:
+    """The class text embeddings the run stored under ``key`` (C x D float32), else None."""
+    doc = _collection().find_one({"_id": run.doc_id}, {f"{TEXT_CACHE}.{key}": 1}) or {}
+    entry = doc.get("config", {}).get("text_cache", {}).get(key)
+    return None if entry is None else np.frombuffer(entry["data"], dtype=np.float32).reshape(entry["shape"]).copy()
+
+
+def store_text_embeddings(run: RegionRun, key: str, text: np.ndarray) -> None:
+    """Store class text embeddings with the run (one atomic update), keeping the last ``TEXT_CACHE_KEEP``."""
+    text = np.ascontiguousarray(text, dtype=np.float32)
+    _collection().update_one({"_id": run.doc_id}, {"$set": {f"{TEXT_CACHE}.{key}": {
+        "shape": list(text.shape), "data": text.tobytes(), "stored": time.time()}}})
+    doc = _collection().find_one({"_id": run.doc_id}, {f"{TEXT_CACHE}": 1}) or {}
+    entries = doc.get("config", {}).get("text_cache", {})
+    old = sorted(entries, key=lambda k: entries[k]["stored"])[:-TEXT_CACHE_KEEP]
+    if old:
+        _collection().update_one({"_id": run.doc_id}, {"$unset": {f"{TEXT_CACHE}.{k}": "" for k in old}})
 
 
 def restart_run(samples, run: RegionRun, settings: dict) -> RegionRun:

@@ -341,3 +341,25 @@ def test_a_shard_that_is_not_two_integers_is_refused(coco_dataset, tiny, shard):
     with pytest.raises(ValueError, match="shard"):
         mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1, shard=shard)
     assert coco_dataset.list_runs() == []
+
+
+def test_two_identical_runs_at_once_share_the_work(tmp_path):
+    """Defect 14: two identical runs started at once each redid all the work; the second now leaves what the first
+    holds to it (and a killed worker's samples are taken over at once by the next run, see test_workers)."""
+    from ..helpers import save_checkpoint
+
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt")
+    dataset = load_coco(6, persistent=True)
+    try:
+        code = """
+            import fiftyone as fo, fiftyone_maskinversion.fo as mifo
+            s = mifo.compute_region_embeddings(fo.load_dataset(%r), "ground_truth", model_name="mi-test-tiny",
+                                               pretrained=%r, image_size=64, iterations=40, batch_size=1)
+            print("computed", s.computed)
+        """ % (dataset.name, checkpoint)
+        outs = [finish(p) for p in [run_in_process(code), run_in_process(code)]]
+        regions = dataset.filter_labels("ground_truth", F("iscrowd") != 1).count("ground_truth.detections")
+        assert sum(int(out.split("computed")[-1]) for out in outs) == regions  # every region once
+        assert dataset.count("ground_truth.detections.mi_embedding") == regions == len(mifo.heatmaps_dataset(dataset))
+    finally:
+        delete_with_heatmaps(dataset)
