@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import fiftyone as fo
+import numpy as np
 
 from .. import defaults
 from ..core.backbone import Backbone, load_backbone
@@ -66,7 +67,10 @@ class RegionRunSummary:
     failed: List[tuple] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
-    outdated_brain_runs: List[str] = field(default_factory=list)  # the run's index / layout, removed
+    outdated_brain_runs: List[str] = field(default_factory=list)  # the run's layout, removed (it cannot be updated)
+    index_updated: int = 0  # regions added to (or replaced in) the run's similarity index
+    computed_ids: List[tuple] = field(default_factory=list, repr=False)  # (sample id, label id) of each computed
+    failed_ids: List[tuple] = field(default_factory=list, repr=False)  # (sample id, label id) now without embedding
 
     def describe(self) -> str:
         where = f"{self.regions_field}.{self.embeddings_field}"
@@ -80,9 +84,11 @@ class RegionRunSummary:
         ]
         if self.skipped_other_worker:
             lines.append(f"skipped {self.skipped_other_worker} regions another process was computing at the same time")
+        if self.index_updated:
+            lines.append(f"similarity index kept current: {self.index_updated} regions added or replaced")
         if self.outdated_brain_runs:
-            lines.append(f"brain runs {self.outdated_brain_runs} no longer covered every region and were removed: "
-                         "rebuild them with build_region_index / visualize_regions")
+            lines.append(f"layout {self.outdated_brain_runs} no longer covered every region and was removed: "
+                         "rebuild it with visualize_regions")
         return "\n".join(lines)
 
 
@@ -208,8 +214,10 @@ def compute_region_embeddings(
     finally:
         ahead.close()
         leases.give_back(run.doc_id, [work.sample.id for work in group])
-    if summary.computed:
-        summary.outdated_brain_runs = _drop_outdated_brain_runs(dataset, find_run(dataset, label_field, embeddings_field))
+    if summary.computed or summary.failed_ids:
+        run = find_run(dataset, label_field, embeddings_field)
+        summary.index_updated = _update_index(dataset, run, summary)
+        summary.outdated_brain_runs = _drop_outdated_layout(dataset, run)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -344,6 +352,7 @@ def _write(work: _Work, result, run: RegionRun, grid: int, companion, summary) -
             work.sample, region, container, run.regions_field, run.embeddings_field,
             heatmap_store.heatmap_label(result.heatmaps[k], grid), fidelity))
         summary.computed += 1
+        summary.computed_ids.append((work.sample.id, region.id))
     heatmap_store.replace_region_samples(companion, run.regions_field, run.embeddings_field, new_heatmaps)
 
 
@@ -356,26 +365,47 @@ def _record_failures(work: _Work, run: RegionRun, companion, summary) -> None:
             region[names[key]] = None
         region[names["error"]], region[names["run"]] = reason, run.stamp
         summary.failed.append((sample.id, region.id, reason))
+        summary.failed_ids.append((sample.id, region.id))
         logger.warning("sample %s (%s), label %s: %s", sample.id, sample.filepath, region.id, reason)
     if work.failed:
         heatmap_store.forget_region_samples(companion, run.regions_field, run.embeddings_field,
                                             [region.id for region, _ in work.failed])
 
 
-def _drop_outdated_brain_runs(dataset, run: RegionRun) -> List[str]:
-    """Remove the run's similarity index and layout (they lack the new embeddings); returns their keys."""
-    dropped = []
-    for role in ("brain_key", "visualization_key"):
-        key = run.roles.get(role)
-        if key:
-            if key in dataset.list_brain_runs():
-                dataset.delete_brain_run(key)
-            run = release(dataset, set_role(dataset, run, role, None), "brain_key", [key])
-            dropped.append(key)
-    if dropped:
-        logger.warning("brain runs %s no longer cover every region of %s and were removed; rebuild them with "
-                       "build_region_index / visualize_regions", dropped, run.describe())
-    return dropped
+def _update_index(dataset, run: RegionRun, summary: RegionRunSummary) -> int:
+    """Keep the run's similarity index current (FiftyOne Brain's add_to_index / remove_from_index): the
+    regions computed now are added or replaced, those that now have no embedding removed; returns how many
+    were added or replaced."""
+    key = run.brain_key
+    if not key or key not in dataset.list_brain_runs():
+        return 0
+    index = dataset.load_brain_results(key)
+    if summary.failed_ids:
+        index.remove_from_index(label_ids=[label_id for _, label_id in summary.failed_ids], allow_missing=True)
+    if summary.computed_ids:
+        label_ids = [label_id for _, label_id in summary.computed_ids]
+        path = f"{list_path(dataset, run.regions_field)}.{run.embeddings_field}"
+        view = dataset.select_labels(ids=label_ids, fields=run.regions_field)
+        stored = dict(zip(view.values(f"{list_path(dataset, run.regions_field)}.id", unwind=True),
+                          view.values(path, unwind=True)))
+        index.add_to_index(np.stack([stored[i] for i in label_ids]),
+                           np.array([sample_id for sample_id, _ in summary.computed_ids]), label_ids=np.array(label_ids))
+    index.save()
+    return len(summary.computed_ids)
+
+
+def _drop_outdated_layout(dataset, run: RegionRun) -> List[str]:
+    """Remove the run's 2-D layout (FiftyOne Brain extends a layout with new samples only, never with
+    recomputed ones, so it would show outdated points); returns its key."""
+    key = run.visualization_key
+    if not key:
+        return []
+    if key in dataset.list_brain_runs():
+        dataset.delete_brain_run(key)
+    release(dataset, set_role(dataset, run, "visualization_key", None), "brain_key", [key])
+    logger.warning("layout %r no longer covers every region of %s and was removed; rebuild it with visualize_regions",
+                   key, run.describe())
+    return [key]
 
 
 def _shard(samples, shard: tuple):

@@ -107,6 +107,10 @@ def region_sample(sample, region, container, field_name: str, embeddings_field: 
 
 
 def _of_run(companion: fo.Dataset, field_name: str, embeddings_field: str, label_ids: Optional[Iterable[str]] = None):
+    if not companion.has_sample_field("source_label_id"):
+        companion.reload()  # another process may be creating it right now
+        if not companion.has_sample_field("source_label_id"):
+            return companion.limit(0)  # created, not set up yet: no heatmap in it
     view = companion.match((F("source_field") == field_name) & (F("embeddings_field") == embeddings_field))
     return view if label_ids is None else view.match(F("source_label_id").is_in(list(label_ids)))
 

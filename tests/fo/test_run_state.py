@@ -188,10 +188,15 @@ def test_search_sees_every_region_computed_since_and_ranks_by_cosine(coco_datase
     first = mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
     assert len(first) == coco_dataset.count("ground_truth.detections.mi_embedding")
     summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
-    assert sorted(summary.outdated_brain_runs) == owned
-    assert coco_dataset.list_brain_runs() == []  # the outdated index and layout are gone
+    assert summary.outdated_brain_runs == [record.visualization_key]  # a layout cannot take recomputed points
+    assert coco_dataset.list_brain_runs() == [record.brain_key]  # the index was kept current, not deleted
+    index = coco_dataset.load_brain_results(record.brain_key)
+    assert summary.index_updated == summary.computed and set(index.label_ids) == non_crowd_ids(coco_dataset)
     everything = mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
     assert len(everything) == len(non_crowd_ids(coco_dataset)) > len(first)
+    by_index = coco_dataset.to_patches("ground_truth").sort_by_similarity(
+        tiny.encode_text(["a dog"])[0].numpy(), k=1000, brain_key=record.brain_key)
+    assert by_index.values("id") == everything.values("id")  # the index ranks the new regions too
     _, ranked = mifo.rank_regions(coco_dataset, "ground_truth", text="a dog", k=1000, backbone=tiny)
     query = tiny.encode_text(["a dog"])[0].numpy()
     for label_id, score in ranked:
