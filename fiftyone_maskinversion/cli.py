@@ -173,9 +173,15 @@ def cmd_search(args) -> None:
 def cmd_index(args) -> None:
     from .fo import build_region_index
 
+    options = {}
+    for option in args.option:
+        name, sep, value = option.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--option {option!r}: expected KEY=VALUE, e.g. uri=/data/lancedb")
+        options[name] = value
     results = build_region_index(_dataset(args.dataset), args.label_field, args.embeddings_field,
-                                 overwrite=args.overwrite)
-    print(f"similarity index {results.key!r} over {results.total_index_size} regions")
+                                 overwrite=args.overwrite, backend=args.backend, **options)
+    print(f"similarity index {results.key!r} ({args.backend}) over {results.total_index_size} regions")
 
 
 def cmd_visualize(args) -> None:
@@ -324,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build the similarity index the App's search uses")
     _run_args(p)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--backend", default="sklearn", help="a FiftyOne Brain similarity backend: sklearn (in memory), "
+                   "lancedb, qdrant, milvus, mongodb, elasticsearch, pgvector, ...")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend parameter, e.g. uri=/data/lancedb (repeatable; the rest come from brain's config)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("visualize", help="a 2-D layout of the region embeddings for the App's Embeddings panel")

@@ -389,7 +389,7 @@ def _update_index(dataset, run: RegionRun, summary: RegionRunSummary) -> int:
         stored = dict(zip(view.values(f"{list_path(dataset, run.regions_field)}.id", unwind=True),
                           view.values(path, unwind=True)))
         index.add_to_index(np.stack([stored[i] for i in label_ids]),
-                           np.array([sample_id for sample_id, _ in summary.computed_ids]), label_ids=np.array(label_ids))
+                           [sample_id for sample_id, _ in summary.computed_ids], label_ids=label_ids)
     index.save()
     return len(summary.computed_ids)
 

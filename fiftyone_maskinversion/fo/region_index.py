@@ -1,10 +1,12 @@
-"""The region similarity index: FiftyOne Brain's sklearn index over a run's regions, made to answer as
-``search_regions`` does, so the App's text box, its "sort by similarity" and our search agree.
+"""The region similarity index: a FiftyOne Brain similarity index over a run's regions, on any backend
+brain knows (sklearn in memory by default; LanceDB, Qdrant, Milvus, MongoDB vector search,
+Elasticsearch, pgvector, ... as configured in the user's brain config), answering as ``search_regions``
+does, so the App's text box, its "sort by similarity" and our search agree.
 
-Two things differ from the stock sklearn index: queries rank by the plain cosine to the stored
-embeddings (the stock index centres them first, which reorders results), and text is embedded by the
-run's own model, rebuilt from the run's record (model, weights, activation). The brain run stores these
-classes by import path, so any process with this package installed (the App server, a notebook that
+On every backend, text is embedded by the run's own model, rebuilt from the run's record (model,
+weights, activation). On sklearn, queries rank by the plain cosine to the stored embeddings (the stock
+index centres them first, which reorders results); the other backends rank by their cosine metric,
+which is the plain cosine. The brain run stores these classes by import path, so any process with this package installed (the App server, a notebook that
 never imported it, a teammate's machine sharing the database) loads the index; where the run's weights
 cannot be loaded there, the text query fails with the loader's error naming what is missing.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import eta.core.utils as etau
+import fiftyone.brain as fb
 import fiftyone.core.models as fom
 import numpy as np
 from fiftyone.brain.internal.core.sklearn import SklearnSimilarity, SklearnSimilarityConfig, SklearnSimilarityIndex
@@ -64,32 +68,36 @@ class RegionTextModel(fom.Model, fom.PromptMixin):
                         "compute_region_embeddings")
 
 
-class RegionSimilarityConfig(SklearnSimilarityConfig):
-    """Settings of a region index (the sklearn ones); the class itself names the region index's code."""
-
-
-class RegionSimilarity(SklearnSimilarity):
-    """Builds region indexes (the brain method a :class:`RegionSimilarityConfig` names)."""
-
-    def initialize(self, samples, brain_key):
-        return RegionSimilarityIndex(samples, self.config, brain_key, backend=self)
-
-
-class RegionSimilarityIndex(SklearnSimilarityIndex):
-    """An sklearn index whose queries rank by plain cosine and embed text with the run's own model."""
+class RegionIndexMixin:
+    """What every region index adds to its FiftyOne Brain backend: text queries embedded by the run's own model."""
 
     @property
     def supports_prompts(self) -> bool:
-        return bool(self.config.supports_prompts)
+        return bool(getattr(self.config, "supports_prompts", False))
 
     def get_model(self) -> RegionTextModel:
         if self._model is None:
-            dataset = self._dataset
+            dataset = self.samples._root_dataset
             runs = [run for run in list_region_runs(dataset) if run.brain_key == self.key]
             if not runs:
                 raise ValueError(f"index {self.key!r} of dataset {dataset.name!r}: no region run owns it any more")
             self._model = RegionTextModel(backbone_for(runs[0]))
         return self._model
+
+
+class RegionSimilarityConfig(SklearnSimilarityConfig):
+    """Settings of a region index on the sklearn backend; the class itself names the region index's code."""
+
+
+class RegionSimilarity(SklearnSimilarity):
+    """Builds sklearn region indexes (the brain method a :class:`RegionSimilarityConfig` names)."""
+
+    def initialize(self, samples, brain_key):
+        return RegionSimilarityIndex(samples, self.config, brain_key, backend=self)
+
+
+class RegionSimilarityIndex(RegionIndexMixin, SklearnSimilarityIndex):
+    """An sklearn index whose queries rank by plain cosine (the stock one centres the embeddings first)."""
 
     def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
         if query is None or aggregation not in (None, "mean"):  # whole-index queries, post-aggregations
@@ -103,3 +111,58 @@ class RegionSimilarityIndex(SklearnSimilarityIndex):
         inds = [order for order, _ in ranked]
         dists = [1.0 - cosines for _, cosines in ranked] if return_dists else None
         return self._format_output(inds, dists, False, single_query, return_dists)
+
+
+def region_config_class(backend: str):
+    """The region index config class for a FiftyOne Brain similarity backend by name ("sklearn", "lancedb",
+    "qdrant", "milvus", "mongodb", "elasticsearch", "pgvector", ... as the user's brain config lists them),
+    and that backend's own parameters from the brain config (URIs, credentials)."""
+    backends = fb.brain_config.similarity_backends
+    if backend not in backends:
+        raise ValueError(f"unknown similarity backend {backend!r}; FiftyOne Brain knows {sorted(backends)}")
+    params = dict(backends[backend])
+    base = params.pop("config_cls")
+    base = base if isinstance(base, str) else f"{base.__module__}.{base.__name__}"
+    if backend == "sklearn":
+        return RegionSimilarityConfig, params
+    return globals().get(_region_name(base)) or _derive(base), params
+
+
+def _region_name(base_path: str) -> str:
+    return "Region" + base_path.rsplit(".", 1)[1]
+
+
+def _derive(base_config_path: str):
+    """Subclass a backend's config, run and index (named ``Region<name>``, importable from this module, so
+    any process with the package loads the stored index); returns the config class."""
+    base_config = etau.get_class(base_config_path)
+    base_run = etau.get_class(base_config_path[:-len("Config")])
+    base_index = etau.get_class(base_config_path[:-len("Config")] + "Index")
+    names = {kind: _region_name(path) for kind, path in (
+        ("config", base_config_path), ("run", base_config_path[:-len("Config")]),
+        ("index", base_config_path[:-len("Config")] + "Index"))}
+    index_cls = type(names["index"], (RegionIndexMixin, base_index), {"__module__": __name__})
+    run_cls = type(names["run"], (base_run,), {
+        "__module__": __name__,
+        "initialize": lambda self, samples, brain_key: index_cls(samples, self.config, brain_key, backend=self)})
+    config_cls = type(names["config"], (base_config,), {"__module__": __name__})
+    globals().update({names["config"]: config_cls, names["run"]: run_cls, names["index"]: index_cls})
+    return config_cls
+
+
+def __getattr__(name: str):
+    """Derive on first use the region classes a stored index names (``Region<backend class>``)."""
+    if name.startswith("Region"):
+        for params in fb.brain_config.similarity_backends.values():
+            path = params.get("config_cls")
+            path = path if isinstance(path, str) else f"{path.__module__}.{path.__name__}" if path else ""
+            stem = path[:-len("Config")] if path.endswith("Config") else ""
+            if stem and name in (_region_name(path), _region_name(stem), _region_name(stem + "Index")):
+                _derive(path)
+                return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_region_index(config) -> bool:
+    """Whether a brain run's config is one of a region index (any backend)."""
+    return type(config).__module__ == __name__

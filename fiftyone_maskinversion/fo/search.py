@@ -17,7 +17,7 @@ import numpy as np
 from .. import defaults
 from ..core.backbone import Backbone
 from ..core.ranking import cosine_top_k
-from .region_index import RegionSimilarityConfig
+from .region_index import is_region_index, region_config_class
 from .regions import list_path
 from .ownership import claim_brain_run
 from .run_views import current_regions
@@ -87,7 +87,7 @@ def _index_answers(samples, run: RegionRun, is_text: bool) -> bool:
     if not run.brain_key or run.brain_key not in samples._root_dataset.list_brain_runs():
         return False
     config = samples._root_dataset.get_brain_info(run.brain_key).config
-    return isinstance(config, RegionSimilarityConfig) and (config.supports_prompts or not is_text)
+    return is_region_index(config) and (getattr(config, "supports_prompts", False) or not is_text)
 
 
 def build_region_index(
@@ -96,19 +96,24 @@ def build_region_index(
     embeddings_field: str = defaults.EMBEDDINGS_FIELD,
     brain_key: Optional[str] = None,
     overwrite: bool = False,
+    backend: str = "sklearn",
+    **backend_kwargs,
 ):
     """A brain similarity index over the run's embedded regions for the App's own search (its text box,
     "sort by similarity"), ranking as ``search_regions`` does; returns the brain results. The run owns
-    it: a later compute that adds regions removes it (it would be outdated), and deleting the run
-    deletes it. Text queries work where the run's weights can be loaded by name or path (not for a
-    backbone of random weights passed as an object)."""
+    it: a later compute adds its new and recomputed regions to it, and deleting the run deletes it. Text
+    queries work where the run's weights can be loaded by name or path (not for a backbone of random
+    weights passed as an object). ``backend`` is any FiftyOne Brain similarity backend ("sklearn" in
+    memory; "lancedb", "qdrant", "milvus", "mongodb", "elasticsearch", "pgvector", ...), with its
+    parameters from the user's brain config, overridden by ``backend_kwargs`` (e.g. ``uri=`` for LanceDB)."""
+    config_cls, params = region_config_class(backend)
     run = require_run(samples, label_field, embeddings_field)
     brain_key = brain_key or default_brain_key(run)
     dataset = samples._root_dataset
     run = claim_brain_run(dataset, run, "brain_key", brain_key, overwrite)
     results = fob.compute_similarity(
-        current_regions(samples, run), backend=RegionSimilarityConfig, brain_key=brain_key, metric="cosine",
-        patches_field=run.regions_field, progress=False,
+        current_regions(samples, run), backend=config_cls, brain_key=brain_key, metric="cosine",
+        patches_field=run.regions_field, progress=False, **{**params, **backend_kwargs},
         embeddings=f"{list_path(samples, run.regions_field)}.{run.embeddings_field}",
     )
     try:

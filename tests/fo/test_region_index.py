@@ -199,3 +199,29 @@ def test_search_never_disagrees_with_an_index_older_than_a_deleted_label(indexed
     ids, matrix = _regions(dataset)
     view = mifo.search_regions(dataset, "ground_truth", text=QUERY, k=3)
     assert view.values("id") == _numpy_order(ids, matrix, text)[:3]
+
+
+def test_a_lancedb_region_index_answers_as_search_regions_and_stays_current(coco_dataset, tiny, tmp_path):
+    """The region index on another FiftyOne Brain backend (LanceDB, embedded): same ranking as search_regions,
+    text embedded by the run's model (a checkpoint any process loads), kept current by a later compute, and
+    loaded by a process that never imported the package."""
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt")
+    mifo.compute_region_embeddings(coco_dataset.limit(2), "ground_truth", model_name="mi-test-tiny",
+                                   pretrained=checkpoint, image_size=64, iterations=1)
+    results = mifo.build_region_index(coco_dataset, "ground_truth", backend="lancedb", uri=str(tmp_path / "lance"))
+    assert results.config.method == "lancedb" and results.supports_prompts
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", model_name="mi-test-tiny", pretrained=checkpoint,
+                                   image_size=64, iterations=1)  # more regions: added to the index
+    patches = coco_dataset.to_patches("ground_truth")
+    ours = mifo.search_regions(coco_dataset, "ground_truth", text="a dog", k=1000)
+    assert len(ours) == coco_dataset.count("ground_truth.detections.mi_embedding")
+    by_index = patches.sort_by_similarity("a dog", k=1000, brain_key=results.key)
+    ours_ids, index_ids = ours.values("id"), by_index.values("id")
+    assert sorted(index_ids) == sorted(ours_ids)  # every region, the new ones included
+    _, ranked = mifo.rank_regions(coco_dataset, "ground_truth", text="a dog", k=1000)
+    scores = dict(ranked)
+    # ties aside, the same order: LanceDB's cosine is the plain cosine (float32 distances, measured ~1e-7 apart)
+    assert all(scores[a] >= scores[b] - 1e-5 for a, b in zip(index_ids, index_ids[1:]))
+    key = results.key
+    deleted = mifo.delete_region_results(coco_dataset, "ground_truth")
+    assert deleted["brain_runs"] == [key] and coco_dataset.list_brain_runs() == []
