@@ -75,6 +75,9 @@ def cmd_compute(args) -> None:
         device=args.device,
         shard=shard,
         progress=_progress,
+        regions_field=args.regions_field,
+        heatmaps=args.heatmaps,
+        heatmaps_dir=args.heatmaps_dir,
     )
     print(summary.describe())
     for sample_id, label_id, reason in summary.failed:
@@ -281,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-crowd", action="store_true")
     p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="samples per database write")
     p.add_argument("--shard", default=None, help="i/k: process the i-th of k disjoint slices of the samples")
+    p.add_argument("--regions-field", default=None, help="for a Segmentation field: the derived regions field "
+                   "(default <field>_regions)")
+    p.add_argument("--heatmaps", choices=("database", "files", "none"), default=defaults.HEATMAPS,
+                   help="where heatmaps go: companion documents, PNG files (map_path), or nowhere")
+    p.add_argument("--heatmaps-dir", default=None, help="with --heatmaps files: the folder (default: "
+                   f"{defaults.HEATMAPS_DIR} under FiftyOne's dataset directory)")
     p.set_defaults(func=cmd_compute)
 
     p = sub.add_parser("relabel", help="zero-shot relabel the embedded regions into a predictions field")

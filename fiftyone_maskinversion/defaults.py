@@ -19,6 +19,8 @@ PRECISION = "auto"  # see core.precision: fp32 until bf16-mixed is measured with
 # FiftyOne layer
 EMBEDDINGS_FIELD = "mi_embedding"
 BATCH_SIZE = 16  # samples per database write
+HEATMAPS = "database"  # where a run keeps its heatmaps: "database" (companion documents), "files" (PNGs), "none"
+HEATMAPS_DIR = "maskinversion-heatmaps"  # with "files" and no folder named: this folder under FiftyOne's dataset dir
 PROMPT = "ensemble"  # CLIP's 80 ImageNet templates; or one template with {}
 SINGLE_PROMPT = "a photo of a {}."
 TOP_K = 5

@@ -8,6 +8,7 @@ same settings are never mixed up.
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 import fiftyone as fo
@@ -35,8 +36,7 @@ def adopt_region_runs(samples) -> List[str]:
     adopted = []
     for run in list_region_runs(dataset):
         if run.dataset_id != here:
-            heatmap_store.copy_for_clone(run.dataset_id, dataset, run.regions_field, run.embeddings_field)
-            update_run(dataset, run, set_={"dataset_id": here, "owned": _existing(dataset, run.owned)})
+            _take_over(dataset, run, run.dataset_id, run.owned, run.heatmaps)
             adopted.append(f"{run.describe()} (dataset clone)")
     known = {r.run_uid for r in list_region_runs(dataset)}
     for regions_field, embeddings_field in _stamped_pairs(dataset):
@@ -49,8 +49,7 @@ def adopt_region_runs(samples) -> List[str]:
                 continue  # the source's Segmentation field was not copied: its regions are plain labels here
             run = new_run(dataset, config["label_field"], regions_field, embeddings_field, config["settings"],
                           run_uid=config["run_uid"])
-            update_run(dataset, run, set_={"owned": _existing(dataset, config.get("owned", {}))})
-            heatmap_store.copy_for_clone(config["dataset_id"], dataset, regions_field, embeddings_field)
+            _take_over(dataset, run, config["dataset_id"], config.get("owned", {}), config.get("heatmaps") or {})
             known.add(run.run_uid)
             adopted.append(f"{run.describe()} (view clone of dataset id {config['dataset_id']})")
     return adopted
@@ -68,7 +67,17 @@ def _stamped_pairs(dataset) -> list:
     return pairs
 
 
-def _existing(dataset, owned: dict) -> dict:
-    """The owned names that exist in ``dataset`` (a clone may lack brain runs or fields)."""
-    return {kind: [n for n in owned.get(kind, []) if exists(dataset, kind, n)] for kind in OWNED_KINDS}
+def _take_over(dataset, run, source_dataset_id: str, owned: dict, heatmaps: dict) -> None:
+    """Make a clone's run own what the clone has of the source run's names (a clone may lack brain runs or
+    fields; it never shares the source's heatmap files: they are copied into a folder of its own)."""
+    folder = None
+    if heatmaps.get("storage") == "files":
+        base = os.path.dirname(os.path.dirname(heatmaps["folder"]))
+        folder = heatmap_store.run_folder(base, dataset, run.run_uid)
+    heatmap_store.copy_for_clone(source_dataset_id, dataset, run.regions_field, run.embeddings_field, folder)
+    kept = {kind: [n for n in owned.get(kind, []) if kind != "folder" and exists(dataset, kind, n)]
+            for kind in OWNED_KINDS}
+    kept["folder"] = [folder] if folder else []
+    update_run(dataset, run, set_={"dataset_id": str(dataset._doc.id), "owned": kept,
+                                   "heatmaps": {**heatmaps, "folder": folder} if heatmaps else heatmaps})
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from .. import defaults
 from . import heatmaps as heatmap_store
 from .ownership import owners
@@ -10,7 +12,7 @@ from .runs import attribute_paths, delete_run_record, list_region_runs, require_
 
 def delete_region_results(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD,
                           discard_relabel_history: bool = False) -> dict:
-    """Remove everything the run owns (see :mod:`.ownership`): its label attributes, heatmaps, prediction
+    """Remove everything the run owns (see :mod:`.ownership`): its label attributes, heatmaps (and their files), prediction
     and suggestion fields, similarity index, layout and record, and the regions field derived from a
     Segmentation field once no other run shares it. Nothing it does not own is touched. Labels changed
     by apply_relabel keep their new label; while any still has a relabel history, the deletion is refused
@@ -43,6 +45,8 @@ def delete_region_results(samples, label_field: str, embeddings_field: str = def
             deleted["regions_field"] = field
         else:
             deleted["pred_fields"].append(field)
+    for folder in run.owned.get("folder", []):  # the run's own heatmap files' folder (see heatmaps.run_folder)
+        shutil.rmtree(folder, ignore_errors=True)
     delete_run_record(dataset, run)
     return deleted
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
@@ -112,6 +114,8 @@ def compute_region_embeddings(
     shard: Optional[tuple] = None,
     progress: Optional[Progress] = None,
     regions_field: Optional[str] = None,
+    heatmaps: str = defaults.HEATMAPS,
+    heatmaps_dir: Optional[str] = None,
 ) -> RegionRunSummary:
     """Compute a localized embedding, heatmap and Dice/IoU for every region label of ``label_field``.
 
@@ -124,7 +128,10 @@ def compute_region_embeddings(
     ``overwrite``, so a killed run resumes and recomputes exactly the stale ones (and the finished ones
     whose heatmap was lost). Every name the run writes is claimed by its record first (see
     :mod:`.ownership`): a name holding someone else's data is refused. ``shard=(i, k)``
-    processes the i-th of k disjoint slices of the samples. ``backbone`` replaces
+    processes the i-th of k disjoint slices of the samples. ``heatmaps``: "database" (each map in its
+    companion sample's document), "files" (PNG files referenced by ``map_path``, FiftyOne's way for large
+    maps, in ``heatmaps_dir`` - by default ``maskinversion-heatmaps`` under FiftyOne's dataset directory -
+    in a folder the run owns and deletes with it) or "none"; a run keeps the storage it started with. ``backbone`` replaces
     model_name/pretrained/image_size with an already loaded model. ``precision`` ("fp32", "bf16-mixed",
     "auto") is recorded resolved, so workers on other hardware cannot mix two. Every argument is checked before
     anything is written; the run's settings are recorded only once it starts.
@@ -140,6 +147,10 @@ def compute_region_embeddings(
         raise ValueError(f"regions_field is for Segmentation fields; {label_field!r} holds its regions itself")
     if regions_field is not None:
         check_name("field", regions_field, "regions_field")
+    if heatmaps not in heatmap_store.STORAGES:
+        raise ValueError(f"heatmaps must be one of {heatmap_store.STORAGES}, got {heatmaps!r}")
+    if heatmaps_dir is not None and heatmaps != "files":
+        raise ValueError("heatmaps_dir is where heatmap files go: pass it with heatmaps='files'")
     if backbone is None and not pretrained:
         raise ValueError(
             "random weights (pretrained=None) cannot be used for a dataset run: every process would draw "
@@ -160,6 +171,9 @@ def compute_region_embeddings(
     inverter = MaskInverter(backbone, iterations=iterations, lr=lr, alpha=alpha, blocks=blocks, precision=precision)
     settings = make_settings(backbone, iterations=iterations, lr=float(lr), alpha=float(alpha), blocks=inverter.blocks,
                              precision=inverter.precision)
+    if run is not None and run.heatmaps["storage"] != heatmaps:
+        raise ValueError(f"{run.describe()} keeps its heatmaps as {run.heatmaps['storage']!r}; pass "
+                         f"heatmaps={run.heatmaps['storage']!r}, or delete_region_results first")
     if run is not None and run.settings != settings:
         if not overwrite:
             changed = {k: (run.settings.get(k), v) for k, v in settings.items() if run.settings.get(k) != v}
@@ -169,7 +183,12 @@ def compute_region_embeddings(
 
     heatmap_store.delete_orphaned_heatmaps()
     if run is None:
-        run = new_run(dataset, label_field, regions_field, embeddings_field, settings)
+        uid = uuid.uuid4().hex[:12]
+        folder = heatmap_store.run_folder(heatmaps_dir or os.path.join(fo.config.default_dataset_dir,
+                                                                       defaults.HEATMAPS_DIR), dataset, uid)
+        check_free(dataset, None, "folder", folder)
+        run = new_run(dataset, label_field, regions_field, embeddings_field, settings, run_uid=uid,
+                      heatmaps={"storage": heatmaps, "folder": folder if heatmaps == "files" else None})
     elif run.settings != settings:
         run = restart_run(dataset, run, settings)
     summary = RegionRunSummary(label_field, regions_field, embeddings_field)
@@ -181,9 +200,13 @@ def compute_region_embeddings(
     run = claim(dataset, run, "attribute", [paths[key] for key in INVERSION_ATTRIBUTES])
     declare_attributes(dataset, list_path(dataset, regions_field),
                        {names[key]: kind for key, kind in INVERSION_ATTRIBUTES.items()})
-    companion = heatmap_store.heatmaps_dataset(dataset, create=True)
-    summary.heatmaps_dataset = companion.name
-    with_heatmaps = heatmap_store.labels_with_heatmaps(dataset, regions_field, embeddings_field)
+    folder = run.heatmaps["folder"]
+    if folder:
+        run = claim(dataset, run, "folder", [folder])
+        os.makedirs(folder, exist_ok=True)
+    companion = heatmap_store.heatmaps_dataset(dataset, create=True) if heatmaps != "none" else None
+    summary.heatmaps_dataset = companion.name if companion is not None else ""
+    with_heatmaps = heatmap_store.labels_with_heatmaps(dataset, regions_field, embeddings_field) if companion else None
 
     view = shard_view.select_fields(regions_field)
     total = len(view)
@@ -205,8 +228,9 @@ def compute_region_embeddings(
                     summary.samples += 1
                     continue
                 sample = view[sample.id]  # as stored now: another process may have written it since it was read
-                with_heatmaps.update(heatmap_store.labels_with_heatmaps(
-                    dataset, regions_field, embeddings_field, [r.id for r in regions_of(sample[regions_field])]))
+                if with_heatmaps is not None:
+                    with_heatmaps.update(heatmap_store.labels_with_heatmaps(
+                        dataset, regions_field, embeddings_field, [r.id for r in regions_of(sample[regions_field])]))
             group.append(_gather(sample, prepared, run, pending, summary))
             if len(group) == batch_size:
                 write(group)
@@ -244,14 +268,15 @@ class PreparedSample:
     masks: dict = field(default_factory=dict)
 
 
-def _pending(sample, run: RegionRun, overwrite: bool, include_crowd: bool, with_heatmaps: set) -> tuple:
+def _pending(sample, run: RegionRun, overwrite: bool, include_crowd: bool, with_heatmaps: Optional[set]) -> tuple:
     """(regions to compute, regions holding the current settings' results and their heatmap, crowd regions
     skipped, how many of the regions to compute are finished but lost their heatmap)."""
     pending, done, crowd, lost = [], [], [], 0
     for region in regions_of(sample[run.regions_field]):
         current = is_current(region, run)
-        lost += current and region.id not in with_heatmaps
-        if current and not overwrite and region.id in with_heatmaps:
+        has_map = with_heatmaps is None or region.id in with_heatmaps  # None: the run keeps no heatmaps
+        lost += current and not has_map
+        if current and not overwrite and has_map:
             done.append(region)
         elif is_crowd(region) and not include_crowd:
             crowd.append(region)
@@ -335,7 +360,8 @@ def _invert_and_write(group: List[_Work], view, run: RegionRun, inverter, compan
 
 
 def _write(work: _Work, result, run: RegionRun, grid: int, companion, summary) -> None:
-    """Put one sample's inversion results on its labels; its heatmaps go to the companion first."""
+    """Put one sample's inversion results on its labels; its heatmaps (if the run keeps them) go to the
+    companion first."""
     names = attribute_names(run.embeddings_field)
     container = work.sample[run.regions_field]
     new_heatmaps = []
@@ -348,12 +374,14 @@ def _write(work: _Work, result, run: RegionRun, grid: int, companion, summary) -
         region[names["dice"]], region[names["iou"]] = fidelity["dice"], fidelity["iou"]
         region[names["error"]] = None
         region[names["run"]] = run.stamp
-        new_heatmaps.append(heatmap_store.region_sample(
-            work.sample, region, container, run.regions_field, run.embeddings_field,
-            heatmap_store.heatmap_label(result.heatmaps[k], grid), fidelity))
+        if companion is not None:
+            new_heatmaps.append(heatmap_store.region_sample(
+                work.sample, region, container, run.regions_field, run.embeddings_field,
+                heatmap_store.heatmap_label(result.heatmaps[k], grid, run.heatmaps["folder"]), fidelity))
         summary.computed += 1
         summary.computed_ids.append((work.sample.id, region.id))
-    heatmap_store.replace_region_samples(companion, run.regions_field, run.embeddings_field, new_heatmaps)
+    if companion is not None:
+        heatmap_store.replace_region_samples(companion, run.regions_field, run.embeddings_field, new_heatmaps)
 
 
 def _record_failures(work: _Work, run: RegionRun, companion, summary) -> None:
@@ -367,7 +395,7 @@ def _record_failures(work: _Work, run: RegionRun, companion, summary) -> None:
         summary.failed.append((sample.id, region.id, reason))
         summary.failed_ids.append((sample.id, region.id))
         logger.warning("sample %s (%s), label %s: %s", sample.id, sample.filepath, region.id, reason)
-    if work.failed:
+    if work.failed and companion is not None:
         heatmap_store.forget_region_samples(companion, run.regions_field, run.embeddings_field,
                                             [region.id for region, _ in work.failed])
 

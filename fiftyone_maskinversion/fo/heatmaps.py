@@ -16,6 +16,9 @@ whose heatmap is missing is recomputed by the next compute.
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from typing import Dict, Iterable, List, Optional
 
 import fiftyone as fo
@@ -26,6 +29,7 @@ from PIL import Image
 
 from .regions import container_of, geometry_copy, list_path, regions_of
 
+STORAGES = ("database", "files", "none")  # where a run keeps its maps: in the companion's documents, as PNGs, nowhere
 HEATMAP_CELLS_PER_PATCH = 4  # stored map: 4 x 4 pixels per patch; the App stretches it over the image
 PREFIX = "maskinversion-heatmaps-"
 SELECTION_VIEW = "selection"  # the companion's saved view of the regions last asked for
@@ -83,11 +87,21 @@ def source_dataset(companion: fo.Dataset) -> Optional[fo.Dataset]:
     return fo.load_dataset(names[0]) if names else None
 
 
-def heatmap_label(heatmap: np.ndarray, grid: int) -> fo.Heatmap:
-    """An 8-bit fo.Heatmap of a [0,1] map, stored at a few pixels per patch (the map is smooth)."""
+def run_folder(base: str, dataset: fo.Dataset, run_uid: str) -> str:
+    """The folder of one run's heatmap files: ``<base>/<dataset id>/<run uid>`` (the run owns it whole)."""
+    return os.path.join(os.path.abspath(os.path.expanduser(base)), str(dataset._doc.id), run_uid)
+
+
+def heatmap_label(heatmap: np.ndarray, grid: int, folder: Optional[str] = None) -> fo.Heatmap:
+    """An 8-bit fo.Heatmap of a [0,1] map, stored at a few pixels per patch (the map is smooth): in the
+    document, or (``folder``) as a PNG file it references by ``map_path``, as FiftyOne does for large maps."""
     size = grid * HEATMAP_CELLS_PER_PATCH
     small = Image.fromarray(np.clip(heatmap * 255.0, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
-    return fo.Heatmap(map=np.asarray(small), range=[0, 255])
+    if folder is None:
+        return fo.Heatmap(map=np.asarray(small), range=[0, 255])
+    path = os.path.join(folder, f"{uuid.uuid4().hex}.png")  # a new name per write: replacing never removes the new file
+    small.save(path)
+    return fo.Heatmap(map_path=path, range=[0, 255])
 
 
 def region_sample(sample, region, container, field_name: str, embeddings_field: str, heatmap: fo.Heatmap,
@@ -134,7 +148,11 @@ def forget_region_samples(companion: fo.Dataset, field_name: str, embeddings_fie
     stale = _of_run(companion, field_name, embeddings_field, label_ids)
     count = len(stale)
     if count:
+        files = [p for p in stale.values("heatmap.map_path") if p]
         companion.delete_samples(stale)
+        for path in files:  # the run's own files (see run_folder)
+            if os.path.isfile(path):
+                os.remove(path)
     return count
 
 
@@ -162,8 +180,10 @@ def update_labels(dataset: fo.Dataset, field_name: str, labels: Dict[str, str]) 
             region.label = new_label
 
 
-def copy_for_clone(source_dataset_id: str, dataset: fo.Dataset, field_name: str, embeddings_field: str) -> int:
-    """Copy a run's heatmaps from the dataset it was cloned from, for the labels this dataset holds."""
+def copy_for_clone(source_dataset_id: str, dataset: fo.Dataset, field_name: str, embeddings_field: str,
+                   folder: Optional[str] = None) -> int:
+    """Copy a run's heatmaps from the dataset it was cloned from, for the labels this dataset holds (files
+    into ``folder``, the clone's run folder: the clone never shares the source's files)."""
     source_name = _companion_name(source_dataset_id)
     if not fo.dataset_exists(source_name):
         return 0
@@ -171,6 +191,12 @@ def copy_for_clone(source_dataset_id: str, dataset: fo.Dataset, field_name: str,
     source = _of_run(fo.load_dataset(source_name), field_name, embeddings_field, label_ids)
     copies = [fo.Sample.from_dict({k: v for k, v in s.to_dict().items() if k != "_id"})
               for s in source.iter_samples(progress=False)]
+    for copy in copies:
+        if copy.heatmap is not None and copy.heatmap.map_path:
+            os.makedirs(folder, exist_ok=True)
+            target = os.path.join(folder, os.path.basename(copy.heatmap.map_path))
+            shutil.copyfile(copy.heatmap.map_path, target)
+            copy.heatmap.map_path = target
     if copies:
         replace_region_samples(heatmaps_dataset(dataset, create=True), field_name, embeddings_field, copies)
     return len(copies)

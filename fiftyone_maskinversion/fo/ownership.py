@@ -1,7 +1,8 @@
 """The one owner store: which run owns each name the package writes, and the only way to take one.
 
 A run owns sample fields (the derived regions field of a Segmentation, prediction and suggestion
-fields), label attributes (full paths such as ``ground_truth.detections.mi_embedding``) and brain keys.
+fields), label attributes (full paths such as ``ground_truth.detections.mi_embedding``), brain keys
+and the folder of its heatmap files.
 Before anything is written under a name, the run claims it with one atomic update of its record. A
 name that exists and no run owns is the user's: it is refused, with a message saying so and what to
 pass instead; a name another run owns is refused naming that run. The one shared name is a derived
@@ -11,6 +12,7 @@ it owns (see :mod:`.cleanup`). Every check reads the whole dataset, never a view
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Optional
 
 import fiftyone as fo
@@ -21,7 +23,7 @@ from .runs import RegionRun, list_region_runs, update_run
 # names a region label uses for its own data (FiftyOne's label fields, COCO's): never a run's attribute
 LABEL_OWN_NAMES = set(fo.Detection._fields_ordered) | set(fo.Polyline._fields_ordered) | {"id", "_id", "iscrowd", "area", "source_field"}
 ARGUMENT = {"field": "pred_field / missing_field / regions_field", "attribute": "embeddings_field",
-            "brain_key": "brain_key"}  # the argument that names each kind
+            "brain_key": "brain_key", "folder": "heatmaps_dir"}  # the argument that names each kind
 
 
 def check_name(kind: str, name: str, what: str) -> None:
@@ -45,6 +47,8 @@ def exists(samples, kind: str, name: str) -> bool:
         return name in dataset.list_brain_runs()
     if kind == "field":
         return dataset.has_sample_field(name)
+    if kind == "folder":
+        return os.path.exists(name)
     if dataset.has_field(name):
         return True
     field, _, attribute = name.rpartition(".")

@@ -33,7 +33,7 @@ from .regions import REGION_TYPES, label_type, list_path
 METHOD = "maskinversion"
 TEXT_CACHE = "config.text_cache"  # class text embeddings of recent vocabularies (see vocabulary); never loaded whole
 TEXT_CACHE_KEEP = 4
-OWNED_KINDS = ("attribute", "field", "brain_key")  # what a run can own (see ownership)
+OWNED_KINDS = ("attribute", "field", "brain_key", "folder")  # what a run can own (see ownership)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class RegionRun:
     owned: Dict[str, List[str]] = field(default_factory=dict)
     roles: Dict[str, str] = field(default_factory=dict)  # role -> owned name (brain_key, visualization_key)
     mask_review: Optional[dict] = None  # the settings of the latest score_masks
+    heatmaps: dict = field(default_factory=lambda: {"storage": "database", "folder": None})  # see heatmaps
     version: str = ""
     doc_id: object = None
 
@@ -162,6 +163,7 @@ def _from_doc(doc: dict) -> RegionRun:
         key=doc["key"], doc_id=doc["_id"],
         owned={kind: list(config.get("owned", {}).get(kind, [])) for kind in OWNED_KINDS},
         roles=dict(config.get("roles") or {}), mask_review=config.get("mask_review"),
+        heatmaps=dict(config.get("heatmaps") or {"storage": "database", "folder": None}),
         **{name: config.get(name) for name in ("label_field", "regions_field", "embeddings_field", "settings",
                                                 "settings_id", "run_uid", "dataset_id", "version")},
     )
@@ -245,7 +247,8 @@ def cloned_from(dataset, label_field: str, embeddings_field: str) -> Optional[st
 
 
 def new_run(samples, label_field: str, regions_field: str, embeddings_field: str, settings: dict,
-            run_uid: Optional[str] = None, dataset_id: Optional[str] = None) -> RegionRun:
+            run_uid: Optional[str] = None, dataset_id: Optional[str] = None,
+            heatmaps: Optional[dict] = None) -> RegionRun:
     """Register a new record owning nothing yet; a parallel worker's record of the same pair is joined."""
     from .. import __version__
 
@@ -254,7 +257,8 @@ def new_run(samples, label_field: str, regions_field: str, embeddings_field: str
     config = {"label_field": label_field, "regions_field": regions_field, "embeddings_field": embeddings_field,
               "settings": settings, "settings_id": settings_digest(settings), "run_uid": run_uid or uuid.uuid4().hex[:12],
               "dataset_id": dataset_id or str(dataset._doc.id), "version": __version__,
-              "owned": {kind: [] for kind in OWNED_KINDS}, "roles": {}, "mask_review": None}
+              "owned": {kind: [] for kind in OWNED_KINDS}, "roles": {}, "mask_review": None,
+              "heatmaps": heatmaps or {"storage": "database", "folder": None}}
     try:
         dataset.register_run(key, dataset.init_run(method=METHOD, **config), overwrite=False)
     except ValueError:  # a parallel worker registered this pair first

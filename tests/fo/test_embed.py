@@ -1,15 +1,19 @@
 """The FiftyOne layer on real COCO images and masks, with the real FiftyOne database."""
 
 
+import os
+
 import fiftyone as fo
 import numpy as np
 import pytest
 from fiftyone import ViewField as F
+from PIL import Image
 from pycocotools.coco import COCO
 
 import fiftyone_maskinversion.fo as mifo
 from fiftyone_maskinversion import MaskInverter
 from fiftyone_maskinversion.fo.regions import region_mask
+from fiftyone_maskinversion.fo.runs import find_run
 
 from ..helpers import COCO_DIR, Interrupted, delete_with_heatmaps, interrupt_after, load_coco
 
@@ -270,3 +274,43 @@ def test_several_images_per_call_give_the_per_image_results(tiny):
     finally:
         delete_with_heatmaps(one)
         delete_with_heatmaps(many)
+
+
+def test_heatmaps_as_files_or_none(coco_dataset, tiny, tmp_path):
+    """heatmaps="files": PNGs referenced by map_path in a folder the run owns (deleted with it, and a clone
+    copies them into a folder of its own); "none": no heatmaps at all; a run keeps the storage it began with."""
+    summary = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1,
+                                             heatmaps="files", heatmaps_dir=str(tmp_path / "maps"))
+    companion = mifo.heatmaps_dataset(coco_dataset)
+    paths = companion.values("heatmap.map_path")
+    assert len(paths) == summary.computed > 0 and all(p.startswith(str(tmp_path / "maps")) for p in paths)
+    assert companion.values("heatmap.map") == [None] * len(paths)  # not in the documents
+    stored = np.asarray(Image.open(paths[0]))
+    assert stored.dtype == np.uint8 and stored.shape == (4 * tiny.grid_size,) * 2 and stored.max() > 0
+    with pytest.raises(ValueError, match="keeps its heatmaps as 'files'"):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    redo = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2, overwrite=True,
+                                          heatmaps="files")
+    assert redo.computed == summary.computed and not any(os.path.exists(p) for p in paths)  # replaced, not piling up
+    folder = find_run(coco_dataset, "ground_truth", "mi_embedding").heatmaps["folder"]
+    assert len(os.listdir(folder)) == summary.computed
+
+    clone = coco_dataset.limit(2).clone()
+    try:
+        mifo.adopt_region_runs(clone)
+        clone_folder = find_run(clone, "ground_truth", "mi_embedding").heatmaps["folder"]
+        assert clone_folder != folder and sorted(os.listdir(clone_folder)) == sorted(
+            os.path.basename(p) for p in mifo.heatmaps_dataset(clone).values("heatmap.map_path"))
+        mifo.delete_region_results(clone, "ground_truth")
+        assert not os.path.exists(clone_folder) and len(os.listdir(folder)) == summary.computed  # the source's stay
+    finally:
+        delete_with_heatmaps(clone)
+    mifo.delete_region_results(coco_dataset, "ground_truth")
+    assert not os.path.exists(folder) and os.path.isdir(tmp_path / "maps")  # only the run's own folder went
+
+    none = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1, heatmaps="none")
+    assert none.computed == summary.computed and mifo.heatmaps_dataset(coco_dataset) is None
+    again = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1, heatmaps="none")
+    assert again.computed == 0 and again.recomputed_missing_heatmap == 0  # no heatmap is not a lost heatmap
+    with pytest.raises(ValueError, match="heatmaps_dir .* heatmaps='files'"):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, heatmaps_dir=str(tmp_path))
