@@ -1,10 +1,15 @@
-"""How the views the package opens look in the App: masks drawn thin enough to see the object."""
+"""How the package's data looks in the App: masks drawn thin enough to see the object, heatmaps with a
+colour scale, and the package's own fields grouped in the sidebar."""
 
 from __future__ import annotations
 
 import fiftyone as fo
 
+from .runs import list_region_runs
+
 REVIEW_OPACITY = 0.25  # the App's default (0.7) hides the colour that often defines the class
+HEATMAP_COLORSCALE = "viridis"  # perceptually ordered: a brighter colour always means a higher score
+SIDEBAR_GROUP = "maskinversion"
 
 
 def review_color_scheme(dataset: fo.Dataset) -> fo.ColorScheme:
@@ -14,3 +19,34 @@ def review_color_scheme(dataset: fo.Dataset) -> fo.ColorScheme:
         dataset.app_config.color_scheme = fo.ColorScheme(color_by="value", opacity=REVIEW_OPACITY)
         dataset.save()
     return dataset.app_config.color_scheme
+
+
+def heatmap_color_scheme(companion: fo.Dataset) -> fo.ColorScheme:
+    """The heatmaps dataset's scheme: the heatmap drawn with a colour scale (the App shows its legend)
+    under a see-through region; set once, a scheme the user changed later is kept."""
+    if companion.app_config.color_scheme is None:
+        companion.app_config.color_scheme = fo.ColorScheme(
+            opacity=REVIEW_OPACITY, colorscales=[{"path": "heatmap", "name": HEATMAP_COLORSCALE}])
+        companion.save()
+    return companion.app_config.color_scheme
+
+
+def group_package_fields(dataset: fo.Dataset) -> list:
+    """Put the fields the package's runs own (predictions, suggestions, derived regions) in one sidebar
+    group named "maskinversion", so they are not mixed with the user's fields; returns its paths."""
+    owned = [f for run in list_region_runs(dataset) for f in run.pred_fields + ([run.regions_field] if run.derived
+                                                                              else [])]
+    paths = [f for f in dict.fromkeys(owned) if dataset.has_sample_field(f)]
+    if not paths:
+        return []
+    groups = dataset.app_config.sidebar_groups or fo.DatasetAppConfig.default_sidebar_groups(dataset)
+    for group in groups:  # a field sits in one group only
+        group.paths = [p for p in group.paths if p not in paths]
+    mine = [g for g in groups if g.name == SIDEBAR_GROUP]
+    if mine:
+        mine[0].paths = paths
+    else:
+        groups.append(fo.SidebarGroupDocument(name=SIDEBAR_GROUP, paths=paths, expanded=True))
+    dataset.app_config.sidebar_groups = groups
+    dataset.save()
+    return paths
