@@ -63,8 +63,8 @@ def _owned_fields(dataset):
 
 
 def _label_field_input(ctx, inputs, embedded_only=False):
-    """A dropdown of the fields the operator applies to (the open view's field first); False (with a
-    message in the form) when none."""
+    """A dropdown of the fields the operator applies to (the open view's field first); returns the field
+    chosen (the default until the user picks), None (with a message in the form) when there is none."""
     dataset = _user_dataset(ctx)
     if dataset is None:
         fields = []
@@ -76,14 +76,14 @@ def _label_field_input(ctx, inputs, embedded_only=False):
         inputs.view("no_field", types.Error(label="No field has MaskInversion embeddings yet: run 'MaskInversion: "
                                                   "compute region embeddings' first." if embedded_only else
                                             "This dataset has no Detections, Polylines or Segmentation field."))
-        return False
+        return None
     shown = resolve_target(ctx.view).label_field
+    default = shown if shown in fields else fields[0]
     choices = types.Dropdown()
     for name in fields:
         choices.add_choice(name, label=name)
-    inputs.enum("label_field", choices.values(), default=shown if shown in fields else fields[0], label="Label field",
-                view=choices)
-    return True
+    inputs.enum("label_field", choices.values(), default=default, label="Label field", view=choices)
+    return ctx.params.get("label_field") or default
 
 
 def _embeddings_field_input(ctx, inputs):
@@ -188,11 +188,10 @@ class _Delegable(_Summarised):
         return bool(ctx.params.get("delegate", False)) and _delegation_available()
 
 
-def _run_defaults(ctx):
-    """The compute form's defaults: the settings of the run already on the chosen field (so a recompute
-    does not silently switch models), else the package defaults."""
+def _run_defaults(ctx, field):
+    """The compute form's defaults: the settings of the run already on ``field`` (so a recompute does
+    not silently switch models), else the package defaults."""
     dataset = _user_dataset(ctx)
-    field = ctx.params.get("label_field") or resolve_target(ctx.view).label_field
     embeddings = ctx.params.get("embeddings_field") or defaults.EMBEDDINGS_FIELD
     runs = [r for r in list_region_runs(dataset) if r.label_field == field] if dataset else []
     runs.sort(key=lambda r: r.embeddings_field != embeddings)
@@ -218,8 +217,9 @@ class ComputeRegionEmbeddings(_Delegable):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if _label_field_input(ctx, inputs):
-            start = _run_defaults(ctx)
+        field = _label_field_input(ctx, inputs)
+        if field:
+            start = _run_defaults(ctx, field)
             if start["from_run"]:
                 inputs.view("from_run", types.Notice(label=f"Settings of the existing run ({start['from_run']})"))
             inputs.str("model_name", default=start["model_name"], label="open_clip model")

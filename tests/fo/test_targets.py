@@ -9,7 +9,7 @@ import fiftyone_maskinversion.fo as mifo
 from fiftyone_maskinversion.fo.heatmaps import region_heatmaps_view
 from fiftyone_maskinversion.fo.targets import resolve_target
 
-from ..helpers import delete_with_heatmaps, load_coco, make_backbone, save_checkpoint
+from ..helpers import delete_with_heatmaps, reviewed_coco
 
 pytestmark = pytest.mark.slow
 PLUGIN = "@fiftyone-maskinversion/maskinversion"
@@ -20,16 +20,7 @@ MISSING = "ground_truth_mi_embedding_missing"
 
 @pytest.fixture(scope="module")
 def reviewed(tmp_path_factory):
-    """Two COCO images embedded (with weights any process reloads from a file: the operators do),
-    relabelled and mask-scored with suggestions, once for the module."""
-    dataset = load_coco(2)
-    checkpoint = save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt", seed=4)
-    backbone = make_backbone(seed=4)
-    mifo.compute_region_embeddings(dataset, "ground_truth", model_name="mi-test-tiny", pretrained=checkpoint,
-                                   image_size=64, iterations=1)
-    mifo.zero_shot_relabel(dataset, "ground_truth", prompt=SINGLE, backbone=backbone)
-    mifo.score_masks(dataset, "ground_truth", prompt=SINGLE, min_missing_score=0.0, confirmation=0.0,
-                     backbone=backbone)
+    dataset, backbone = reviewed_coco(tmp_path_factory.mktemp("weights"))
     yield dataset, backbone
     delete_with_heatmaps(dataset)
 

@@ -1,0 +1,191 @@
+"""The plugin without a browser: the MaskInversion panel's data and actions on one region (issue 16,
+observations 2 and 3), the operators' summaries (8), the compute form (9) and the first-open look (10).
+The panel is driven through its own hooks with a stand-in for the App's context that records what it
+asks the App to do; the browser walk is in test_app.py."""
+
+import importlib.util
+from types import SimpleNamespace
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import pytest
+from fiftyone import ViewField as F
+
+import fiftyone_maskinversion.fo as mifo
+from fiftyone_maskinversion.fo.appearance import REVIEW_OPACITY, SIDEBAR_GROUP
+
+from ..helpers import REPO, delete_with_heatmaps, reviewed_coco
+
+pytestmark = pytest.mark.slow
+URI = "@fiftyone-maskinversion/maskinversion"
+PRED = "ground_truth_mi_embedding_relabel"
+MISSING = "ground_truth_mi_embedding_missing"
+
+
+def load_plugin():
+    spec = importlib.util.spec_from_file_location("mi_plugin_under_test", REPO / "plugin" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+plugin = load_plugin()
+
+
+class PanelStandIn:
+    def __init__(self):
+        self.state, self.data = {}, {}
+
+    def set_state(self, key, value=None):
+        self.state[key] = value
+
+    def get_state(self, key, default=None):
+        return self.state.get(key, default)
+
+    def set_data(self, key, value=None):
+        self.data[key] = value
+
+
+class OpsRecorder:
+    """Records every App operation asked for (name, keyword arguments)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+def app_context(view, current_sample=None, selected_labels=(), **params):
+    dataset = view._root_dataset if view._is_patches else view._dataset
+    return SimpleNamespace(dataset=dataset, view=view, current_sample=current_sample,
+                           selected_labels=list(selected_labels), selected=[], params=params,
+                           panel=PanelStandIn(), ops=OpsRecorder(), trigger=lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory):
+    dataset, backbone = reviewed_coco(tmp_path_factory.mktemp("weights"))
+    yield dataset
+    delete_with_heatmaps(dataset)
+
+
+def region_of(dataset, label_id):
+    return dataset.select_labels(ids=[label_id]).first().ground_truth.detections[0]
+
+
+def test_the_panel_shows_a_flagged_regions_results_and_acts_on_that_region_only(reviewed):
+    dataset = reviewed
+    mislabeled = mifo.find_mislabeled(dataset, "ground_truth")
+    patch = next(p for p in mislabeled if mifo.prediction_of(p, PRED).label != p.ground_truth.label)
+    prediction, label_id = mifo.prediction_of(patch, PRED), patch.ground_truth.id
+    others = {d.id: d.label for d in dataset.values("ground_truth.detections", unwind=True) if d.id != label_id}
+    ctx = app_context(mislabeled, current_sample=patch.id)
+    panel = plugin.RegionPanel()
+    panel.on_load(ctx)
+
+    assert ctx.panel.state["region"]["label_id"] == label_id  # the open patch's region
+    text = ctx.panel.state["text"]
+    assert f"### {patch.ground_truth.label}  (ground_truth, annotation)" in text
+    assert f"Prediction: **{prediction.label}**" in text and "class mistakenness" in text
+    assert ctx.panel.data["picture"].startswith("data:image/png;base64,")
+    region = region_of(dataset, label_id)
+    assert ctx.panel.data["topk"][0]["y"] == region.mi_embedding_topk_labels[::-1]  # most likely at the top
+    assert ctx.panel.data["topk"][0]["x"] == region.mi_embedding_topk_scores[::-1]
+    rendered = panel.render(ctx).type.properties
+    assert {"picture", "text", "topk", "actions", "tags", "new_label", "set_label"} <= set(rendered)
+
+    panel.accept(ctx)
+    assert region_of(dataset, label_id).label == prediction.label
+    assert {d.id: d.label for d in dataset.values("ground_truth.detections", unwind=True) if d.id != label_id} == \
+        others  # no other region changed
+    assert "Relabelled by the package from" in ctx.panel.state["text"]
+    panel.undo(ctx)
+    assert region_of(dataset, label_id).label == patch.ground_truth.label
+    assert dataset.count("ground_truth.detections.mi_original_label") == 0
+
+    ctx.panel.state["new_label"] = "zebra"
+    panel.set_label(ctx)
+    assert region_of(dataset, label_id).label == "zebra"
+    companion = mifo.heatmaps_dataset(dataset)
+    assert companion.match(F("source_label_id") == label_id).values("label") == ["zebra"]  # its heatmap follows
+    dataset.set_label_values("ground_truth.detections.label", {label_id: patch.ground_truth.label})
+
+    panel.tag_bad_mask(ctx)
+    assert region_of(dataset, label_id).tags == ["mi:bad-mask"]
+    panel.tag_ok(ctx)  # one verdict at a time
+    assert region_of(dataset, label_id).tags == ["mi:ok"]
+    assert dataset.count_label_tags() == {"mi:ok": 1}
+
+    ids = mislabeled.values("id")
+    ctx.ops.calls.clear()
+    panel.next_region(ctx)
+    assert ctx.ops.calls == [("open_sample", (), {"id": ids[ids.index(patch.id) + 1]})]
+
+
+def test_a_region_clicked_in_the_dataset_is_reviewed_and_a_sample_alone_asks_for_a_click(reviewed):
+    dataset = reviewed
+    sample = dataset.first()
+    region = next(d for d in sample.ground_truth.detections if d.has_field("mi_embedding"))
+    ctx = app_context(dataset.view(), current_sample=sample.id)
+    plugin.RegionPanel().on_load(ctx)
+    assert ctx.panel.state["region"] is None and ctx.panel.state["notice"].startswith("Click a region")
+    ctx.selected_labels = [{"label_id": region.id, "sample_id": sample.id, "field": "ground_truth"}]
+    plugin.RegionPanel().on_change_selected_labels(ctx)
+    assert ctx.panel.state["region"]["label_id"] == region.id
+
+
+def test_the_grid_panel_lists_each_run_with_its_counts_and_opens_its_views(reviewed):
+    dataset = reviewed
+    ctx = app_context(dataset.view())
+    panel = plugin.RegionPanel()
+    panel.on_load(ctx)
+    (run,) = ctx.panel.state["runs"]
+    embedded = dataset.count("ground_truth.detections.mi_embedding")
+    scored = dataset.count("ground_truth.detections.mi_embedding_mask_mistakenness")
+    assert f"{embedded} regions embedded" in run["text"] and f"{scored} masks scored" in run["text"]
+    assert PRED in run["text"] and MISSING in run["text"]
+    ctx.params = {"label_field": "ground_truth", "embeddings_field": "mi_embedding", "kind": "missing"}
+    panel.open_review(ctx)
+    ((name, (view,), _),) = [c for c in ctx.ops.calls if c[0] == "set_view"]
+    assert view.patches_field == MISSING and len(view) == dataset.count(f"{MISSING}.detections") > 0
+
+
+def test_operators_end_with_a_readable_summary_and_the_first_open_looks_reviewed(reviewed):
+    dataset = reviewed
+
+    def run(operator, **params):
+        result = foo.execute_operator(f"{URI}/{operator}", ctx={"dataset": dataset.name, "view": dataset.view(),
+                                                                  "params": params}).result
+        output = foo.get_operator(f"{URI}/{operator}").resolve_output(SimpleNamespace(results=result))
+        return result, output.type.properties["summary"].view.label
+
+    result, text = run("find_mislabeled", label_field="ground_truth")
+    assert text.startswith(f"{result['regions']} regions, the most likely mislabeled first (sorted by class "
+                           "mistakenness")
+    assert "annotation (the label field) and the prediction" in text
+    result, text = run("show_missing_regions", label_field="ground_truth")
+    assert result == {"regions": dataset.count(f"{MISSING}.detections"), "field": MISSING}
+    assert text.startswith(f"{result['regions']} suggested missing regions")
+    # the review look: set on first use, and the package's own fields grouped in the sidebar
+    dataset.reload()
+    assert dataset.app_config.color_scheme.opacity == REVIEW_OPACITY
+    (group,) = [g for g in dataset.app_config.sidebar_groups if g.name == SIDEBAR_GROUP]
+    assert set(group.paths) == {PRED, MISSING}
+    assert all(PRED not in g.paths for g in dataset.app_config.sidebar_groups if g.name != SIDEBAR_GROUP)
+
+
+def test_the_compute_form_starts_from_the_fields_run_and_offers_only_the_users_fields(reviewed):
+    dataset = reviewed
+    (record,) = mifo.list_region_runs(dataset)
+    ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "params": {}})
+    form = foo.get_operator(f"{URI}/compute_region_embeddings").resolve_input(ctx).type.properties
+    assert form["label_field"].type.values == ["ground_truth"]  # not the run's predictions or suggestions
+    assert dataset.has_sample_field(PRED) and dataset.has_sample_field(MISSING)
+    expected = {"model_name": "mi-test-tiny", "pretrained": record.settings["pretrained"], "image_size": 64,
+                "iterations": 1}
+    assert {k: form[k].default for k in expected} == expected
+    # no background run on offer where none is set up; the form says how to set it up instead
+    assert not fo.config.allow_legacy_orchestrators
+    assert "delegate" not in form and "num_shards" not in form
+    assert "fiftyone delegated launch" in form["delegation_help"].view.label
