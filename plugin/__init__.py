@@ -448,39 +448,66 @@ class FindBadMasks(_Delegable):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if _vocabulary_inputs(ctx, inputs):
-            inputs.bool("suggest_missing", default=True, label="Suggest missing regions?")
-            inputs.float("min_missing_score", default=defaults.MIN_MISSING_SCORE, label="Least suggestion score")
-            inputs.float("confirmation", default=defaults.MISSING_CONFIRMATION,
-                         label="Least p(class | MaskInversion embedding of a suggested box)")
-            inputs.bool("overwrite", default=False, label="Rescore regions that already have a mask score?")
+        field = _label_field_input(ctx, inputs, embedded_only=True)
+        if field:
+            _embeddings_field_input(ctx, inputs)
+            unscored = _unscored(_user_dataset(ctx), field, ctx.params.get("embeddings_field"))
+            inputs.bool("score", default=unscored > 0, label="Score masks now (then open the view)?",
+                        description=f"{unscored} embedded regions have no mask score yet; unticked, the view of the "
+                                    "stored scores opens at once")
+            if ctx.params.get("score", unscored > 0):
+                inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
+                _prompt_input(inputs)
+                inputs.bool("suggest_missing", default=True, label="Suggest missing regions?")
+                inputs.float("min_missing_score", default=defaults.MIN_MISSING_SCORE, label="Least suggestion score")
+                inputs.float("confirmation", default=defaults.MISSING_CONFIRMATION,
+                             label="Least p(class | MaskInversion embedding of a suggested box)")
+                inputs.bool("overwrite", default=False, label="Rescore regions that already have a mask score?")
+                _delegation_input(inputs)
             inputs.view_target(ctx)
-            _delegation_input(inputs)
         return _form(inputs, "Find bad masks")
 
     def execute(self, ctx):
         params = ctx.params
         target = _target(ctx)
         field = params.get("embeddings_field", defaults.EMBEDDINGS_FIELD)
-        summary = score_masks(target.regions, params["label_field"], field,
-                              classes=classes_from_text(params.get("classes")),
-                              prompt=params.get("prompt", defaults.PROMPT),
-                              suggest_missing=bool(params.get("suggest_missing", True)),
-                              min_missing_score=float(params.get("min_missing_score", defaults.MIN_MISSING_SCORE)),
-                              confirmation=float(params.get("confirmation", defaults.MISSING_CONFIRMATION)),
-                              overwrite=bool(params.get("overwrite")), progress=_progress(ctx, "Mask review"))
+        result = {"scored": 0, "suggested": 0, "failed": 0, "missing_field": ""}
+        if params.get("score", True):
+            summary = score_masks(target.regions, params["label_field"], field,
+                                  classes=classes_from_text(params.get("classes")),
+                                  prompt=params.get("prompt", defaults.PROMPT),
+                                  suggest_missing=bool(params.get("suggest_missing", True)),
+                                  min_missing_score=float(params.get("min_missing_score", defaults.MIN_MISSING_SCORE)),
+                                  confirmation=float(params.get("confirmation", defaults.MISSING_CONFIRMATION)),
+                                  overwrite=bool(params.get("overwrite")), progress=_progress(ctx, "Mask review"))
+            result = {"scored": summary.scored, "suggested": summary.suggested, "failed": len(summary.failed),
+                      "missing_field": summary.missing_field or ""}
         if not ctx.delegated:
-            _show(ctx, find_bad_masks(target.samples, params["label_field"], field), target.dataset)
-        return {"scored": summary.scored, "suggested": summary.suggested, "failed": len(summary.failed),
-                "missing_field": summary.missing_field or ""}
+            view = find_bad_masks(target.samples, params["label_field"], field)
+            _show(ctx, view, target.dataset)
+            result["regions"] = len(view)
+        return result
 
     def summary(self, results):
+        scored = (f"Scored {results.get('scored', 0)} masks ({results.get('failed', 0)} failed). "
+                  if results.get("scored") or results.get("failed") else "")
         missing = (f" {results.get('suggested', 0)} missing regions suggested in '{results['missing_field']}': "
                    "'MaskInversion: show suggested missing regions' opens them." if results.get("missing_field")
                    else "")
-        return (f"Scored {results.get('scored', 0)} masks ({results.get('failed', 0)} failed); the view shows the "
-                f"most likely bad masks first (sorted by mask mistakenness).{missing} Open a region with the "
-                "MaskInversion panel for the score's components and reason.")
+        shown = f"{results['regions']} regions, " if "regions" in results else "The view shows "
+        return (f"{scored}{shown}the most likely bad masks first (sorted by mask mistakenness).{missing} Open a "
+                "region with the MaskInversion panel for the score's components and reason.")
+
+
+def _unscored(dataset, label_field, embeddings_field):
+    """How many regions of the run hold an embedding but no mask score (what scoring now would add)."""
+    runs = [r for r in runs_of_field(dataset, label_field) if embeddings_field in (None, r.embeddings_field)]
+    if not runs:
+        return 0
+    path = list_path(dataset, runs[0].regions_field)
+    name = f"{runs[0].embeddings_field}_mask_mistakenness"
+    scored = dataset.count(f"{path}.{name}") if dataset.has_field(f"{path}.{name}") else 0
+    return dataset.count(f"{path}.{runs[0].embeddings_field}") - scored
 
 
 class ShowMissingRegions(_Summarised):
@@ -867,7 +894,7 @@ class RegionPanel(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=1))
 
     def _render_region(self, ctx, panel):
-        panel.view("picture", types.ImageView(width="100%"))
+        panel.view("picture", types.ImageView(height=360))
         panel.md(ctx.panel.get_state("text") or "", name="text")
         panel.plot("topk", layout={"title": {"text": "Top-k zero-shot prediction"}, "height": 220,
                                    "margin": {"l": 110, "r": 10, "t": 30, "b": 30}, "xaxis": {"range": [0, 1]}})
@@ -904,7 +931,7 @@ def _percent(value):
 
 def _review_text(review):
     """The panel's words about one region: what is annotated vs predicted, the scores and the settings."""
-    lines = [f"### {review.label}  ({review.field}, annotation)"]
+    lines = [f"#### {review.label}  ({review.field}, annotation)"]
     if review.original_label:
         lines.append(f"Relabelled by the package from **{review.original_label}** (Undo restores it).")
     if review.tags:

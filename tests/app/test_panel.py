@@ -86,7 +86,7 @@ def test_the_panel_shows_a_flagged_regions_results_and_acts_on_that_region_only(
 
     assert ctx.panel.state["region"]["label_id"] == label_id  # the open patch's region
     text = ctx.panel.state["text"]
-    assert f"### {patch.ground_truth.label}  (ground_truth, annotation)" in text
+    assert f"#### {patch.ground_truth.label}  (ground_truth, annotation)" in text
     assert f"Prediction: **{prediction.label}**" in text and "class mistakenness" in text
     assert ctx.panel.data["picture"].startswith("data:image/png;base64,")
     region = region_of(dataset, label_id)
