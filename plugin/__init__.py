@@ -35,9 +35,9 @@ from fiftyone_maskinversion.fo import (
 )
 from fiftyone_maskinversion.fo import heatmaps as heatmap_store
 from fiftyone_maskinversion.fo.appearance import (
-    REVIEW_OPACITY,
+    BAD_MASK_OPACITY,
     group_package_fields,
-    heatmap_color_scheme,
+    heatmaps_look,
     review_color_scheme,
 )
 from fiftyone_maskinversion.fo.heatmaps import SELECTION_VIEW, region_heatmaps_view, source_dataset
@@ -99,6 +99,16 @@ def _form(inputs, label):
     return types.Property(inputs, view=types.View(label=label))
 
 
+def _run_form(ctx, label, more=None):
+    """A form of a field with a run and its embeddings attribute, then ``more(inputs)`` if given."""
+    inputs = types.Object()
+    if _label_field_input(ctx, inputs, embedded_only=True):
+        _embeddings_field_input(ctx, inputs)
+        if more:
+            more(inputs)
+    return _form(inputs, label)
+
+
 def _progress(ctx, what):
     def report(done, total):
         ctx.set_progress(progress=done / max(total, 1), label=f"{what}: {done}/{total} samples")
@@ -111,13 +121,14 @@ def _target(ctx):
     return resolve_target(ctx.target_view())
 
 
-def _show(ctx, view, dataset):
+def _show(ctx, view, dataset, opacity=None):
     """Open a review view in the App, with masks drawn so that the object shows through (the dataset's
-    scheme, set to the review scheme if the user has none, applied to the open App as well)."""
+    scheme, set to the review scheme if the user has none, applied to the open App as well; ``opacity``
+    overrides the mask opacity in the open App only)."""
     scheme = review_color_scheme(dataset)
     group_package_fields(dataset)
     ctx.ops.set_view(view)
-    ctx.trigger("set_color_scheme", params={"color_by": scheme.color_by, "opacity": scheme.opacity})
+    ctx.trigger("set_color_scheme", params={"color_by": scheme.color_by, "opacity": opacity or scheme.opacity})
 
 
 def _prompt_input(inputs):
@@ -155,8 +166,14 @@ def _delegation_input(inputs):
 
 
 class _Summarised(foo.Operator):
-    """An operator whose output is one readable paragraph (what happened, the next step), built from
-    its results by :meth:`summary`."""
+    """An operator (named by ``op_name`` / ``op_label``) whose output is one readable paragraph (what
+    happened, the next step), built from its results by :meth:`summary`."""
+
+    op_name, op_label = "", ""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name=self.op_name, label=self.op_label, dynamic=True)
 
     def summary(self, results):
         raise NotImplementedError
@@ -171,7 +188,7 @@ class _Delegable(_Summarised):
     """An operator that runs immediately or, if the user asks and the App is set up for it, queued for
     `fiftyone delegated launch`."""
 
-    op_name, op_label, op_description = "", "", ""
+    op_description = ""
 
     @property
     def config(self):
@@ -362,14 +379,11 @@ def _changed_count(changes):
 
 
 class ApplyRelabel(_Summarised):
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="apply_relabel", label="MaskInversion: apply or undo relabels", dynamic=True)
+    op_name = "apply_relabel"
+    op_label = "MaskInversion: apply or undo relabels"
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
+        def more(inputs):
             inputs.str("pred_field", default="", label="Predictions field (empty: the run's default)")
             inputs.float("threshold", default=defaults.RELABEL_THRESHOLD, label="Minimum confidence")
             inputs.bool("undo", default=False, label="Undo: restore the original labels instead")
@@ -378,7 +392,7 @@ class ApplyRelabel(_Summarised):
                             description="untick to apply; low-fidelity regions and labels edited since the "
                                         "prediction are never changed")
             inputs.view_target(ctx)
-        return _form(inputs, "Apply relabel")
+        return _run_form(ctx, "Apply relabel", more)
 
     def execute(self, ctx):
         params = ctx.params
@@ -414,17 +428,13 @@ class ApplyRelabel(_Summarised):
 
 
 class FindMislabeled(_Summarised):
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="find_mislabeled", label="MaskInversion: show likely mislabeled regions",
-                                  dynamic=True)
+    op_name = "find_mislabeled"
+    op_label = "MaskInversion: show likely mislabeled regions"
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
+        def more(inputs):
             inputs.str("pred_field", default="", label="Predictions field (empty: the run's default)")
-        return _form(inputs, "Find mislabeled regions")
+        return _run_form(ctx, "Find mislabeled regions", more)
 
     def execute(self, ctx):
         params = ctx.params
@@ -484,7 +494,7 @@ class FindBadMasks(_Delegable):
                       "missing_field": summary.missing_field or ""}
         if not ctx.delegated:
             view = find_bad_masks(target.samples, params["label_field"], field)
-            _show(ctx, view, target.dataset)
+            _show(ctx, view, target.dataset, BAD_MASK_OPACITY)
             result["regions"] = len(view)
         return result
 
@@ -504,23 +514,22 @@ def _unscored(dataset, label_field, embeddings_field):
     runs = [r for r in runs_of_field(dataset, label_field) if embeddings_field in (None, r.embeddings_field)]
     if not runs:
         return 0
-    path = list_path(dataset, runs[0].regions_field)
-    name = f"{runs[0].embeddings_field}_mask_mistakenness"
-    scored = dataset.count(f"{path}.{name}") if dataset.has_field(f"{path}.{name}") else 0
-    return dataset.count(f"{path}.{runs[0].embeddings_field}") - scored
+    embeddings = runs[0].embeddings_field
+    return _labelled(dataset, runs[0], embeddings) - _labelled(dataset, runs[0], f"{embeddings}_mask_mistakenness")
+
+
+def _labelled(dataset, run, attribute):
+    """How many regions of the run hold a value of ``attribute`` (0 where it was never declared)."""
+    path = f"{list_path(dataset, run.regions_field)}.{attribute}"
+    return dataset.count(path) if dataset.has_field(path) else 0
 
 
 class ShowMissingRegions(_Summarised):
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="show_missing_regions", label="MaskInversion: show suggested missing regions",
-                                  dynamic=True)
+    op_name = "show_missing_regions"
+    op_label = "MaskInversion: show suggested missing regions"
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
-        return _form(inputs, "Suggested missing regions")
+        return _run_form(ctx, "Suggested missing regions")
 
     def execute(self, ctx):
         dataset = _user_dataset(ctx)
@@ -536,10 +545,8 @@ class ShowMissingRegions(_Summarised):
 
 
 class ShowRegionHeatmaps(_Summarised):
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="show_region_heatmaps", label="MaskInversion: show heatmaps of the selection",
-                                  dynamic=True)
+    op_name = "show_region_heatmaps"
+    op_label = "MaskInversion: show heatmaps of the selection"
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -562,7 +569,7 @@ class ShowRegionHeatmaps(_Summarised):
         view = region_heatmaps_view(target.dataset, label_ids=label_ids, sample_ids=sample_ids, save=True)
         if not len(view):
             raise ValueError("no heatmap of the selection: select embedded regions (or samples with some)")
-        heatmap_color_scheme(view._dataset)
+        heatmaps_look(view._dataset)
         name = view._dataset.name
         return {"dataset": name, "heatmaps": len(view), "preview": preview_data_uri(view),
                 "open": f"/datasets/{urllib.parse.quote(name)}?view={SELECTION_VIEW}"}
@@ -583,20 +590,16 @@ class ShowRegionHeatmaps(_Summarised):
 
 
 class SearchRegions(_Summarised):
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="search_regions", label="MaskInversion: search regions by text or region",
-                                  dynamic=True)
+    op_name = "search_regions"
+    op_label = "MaskInversion: search regions by text or region"
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
+        def more(inputs):
             selected = bool(ctx.selected_labels) or len(_query_regions(ctx)) == 1
             inputs.str("text", default="", required=not selected,
                        label="Text query" + (" (empty: use the selected region)" if selected else ""))
             inputs.int("k", default=defaults.SEARCH_K, label="Number of regions")
-        return _form(inputs, "Search regions")
+        return _run_form(ctx, "Search regions", more)
 
     def execute(self, ctx):
         params = ctx.params
@@ -637,12 +640,10 @@ class BuildRegionIndex(_Delegable):
     op_description = "A similarity index over the run's regions for the App's search, which then reads the words"
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
+        def more(inputs):
             inputs.bool("overwrite", default=False, label="Rebuild this run's existing index?")
             _delegation_input(inputs)
-        return _form(inputs, "Build the region index")
+        return _run_form(ctx, "Build the region index", more)
 
     def execute(self, ctx):
         dataset = _user_dataset(ctx)
@@ -668,9 +669,7 @@ class VisualizeRegions(_Delegable):
     op_description = "A 2-D layout of the region embeddings for the Embeddings panel (FiftyOne Brain)"
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
+        def more(inputs):
             methods = types.RadioGroup()
             for value, label in (("", "default (UMAP if installed, else t-SNE)"), ("umap", "UMAP"),
                                  ("tsne", "t-SNE"), ("pca", "PCA")):
@@ -679,7 +678,7 @@ class VisualizeRegions(_Delegable):
             inputs.bool("overwrite", default=False, label="Replace this run's existing layout?")
             inputs.view_target(ctx)
             _delegation_input(inputs)
-        return _form(inputs, "Embeddings layout")
+        return _run_form(ctx, "Embeddings layout", more)
 
     def execute(self, ctx):
         params = ctx.params
@@ -697,17 +696,14 @@ class VisualizeRegions(_Delegable):
 
 
 class DeleteRegionResults(_Summarised):
-    @property
-    def config(self):
-        return foo.OperatorConfig(name="delete_region_results", label="MaskInversion: delete results", dynamic=True)
+    op_name = "delete_region_results"
+    op_label = "MaskInversion: delete results"
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        if _label_field_input(ctx, inputs, embedded_only=True):
-            _embeddings_field_input(ctx, inputs)
+        def more(inputs):
             inputs.view("warning", types.Warning(
                 label="Deletes this run's embeddings, heatmaps, relabel predictions and index (other runs stay)"))
-        return _form(inputs, "Delete MaskInversion results")
+        return _run_form(ctx, "Delete MaskInversion results", more)
 
     def execute(self, ctx):
         deleted = delete_region_results(_user_dataset(ctx), ctx.params["label_field"],
@@ -871,12 +867,13 @@ class RegionPanel(foo.Panel):
         try:
             if kind == "heatmaps":
                 companion = heatmaps_dataset(dataset)
-                heatmap_color_scheme(companion)
+                heatmaps_look(companion)
                 ctx.ops.open_dataset(companion.name)
                 return
             opener = {"mislabeled": find_mislabeled, "bad_masks": find_bad_masks,
                       "missing": find_missing_regions}[kind]
-            _show(ctx, opener(dataset, field, embeddings_field=embeddings), dataset)
+            _show(ctx, opener(dataset, field, embeddings_field=embeddings), dataset,
+                  BAD_MASK_OPACITY if kind == "bad_masks" else None)
         except ValueError as err:
             ctx.panel.set_state("message", str(err))
 
@@ -894,7 +891,7 @@ class RegionPanel(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=1))
 
     def _render_region(self, ctx, panel):
-        panel.view("picture", types.ImageView(height=360))
+        panel.view("picture", types.ImageView(height="360px"))
         panel.md(ctx.panel.get_state("text") or "", name="text")
         panel.plot("topk", layout={"title": {"text": "Top-k zero-shot prediction"}, "height": 220,
                                    "margin": {"l": 110, "r": 10, "t": 30, "b": 30}, "xaxis": {"range": [0, 1]}})
@@ -960,8 +957,7 @@ def _runs_overview(dataset):
     for run in list_region_runs(dataset):
         if not dataset.has_sample_field(run.regions_field):
             continue
-        path = list_path(dataset, run.regions_field)
-        count = lambda name: dataset.count(f"{path}.{name}") if dataset.has_field(f"{path}.{name}") else 0  # noqa
+        count = lambda name: _labelled(dataset, run, name)  # noqa: E731
         settings = run.settings
         text = (f"### {run.label_field} / {run.embeddings_field}\n"
                 f"{count(run.embeddings_field)} regions embedded, {count(run.embeddings_field + '_predicted_label')} "

@@ -8,6 +8,7 @@ import fiftyone as fo
 from .runs import list_region_runs
 
 REVIEW_OPACITY = 0.25  # the App's default (0.7) hides the colour that often defines the class
+BAD_MASK_OPACITY = 0.6  # the bad-mask view: a moved mask must stand out from the object it missed
 HEATMAP_COLORSCALE = "viridis"  # perceptually ordered: a brighter colour always means a higher score
 SIDEBAR_GROUP = "maskinversion"
 
@@ -21,12 +22,15 @@ def review_color_scheme(dataset: fo.Dataset) -> fo.ColorScheme:
     return dataset.app_config.color_scheme
 
 
-def heatmap_color_scheme(companion: fo.Dataset) -> fo.ColorScheme:
-    """The heatmaps dataset's scheme: the heatmap drawn with a colour scale (the App shows its legend)
-    under a see-through region; set once, a scheme the user changed later is kept."""
+def heatmaps_look(companion: fo.Dataset) -> fo.ColorScheme:
+    """The heatmaps dataset's look: the heatmap drawn with a colour scale under a see-through region,
+    and each tile showing its region's label and Dice; set once (what the user changes later is kept)."""
     if companion.app_config.color_scheme is None:
         companion.app_config.color_scheme = fo.ColorScheme(
             opacity=REVIEW_OPACITY, colorscales=[{"path": "heatmap", "name": HEATMAP_COLORSCALE}])
+        active = companion.app_config.active_fields or fo.ActiveFields(paths=["heatmap"])
+        active.paths = list(dict.fromkeys(active.paths + ["label", "dice"]))
+        companion.app_config.active_fields = active
         companion.save()
     return companion.app_config.color_scheme
 

@@ -261,6 +261,7 @@ def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url,
                                 f"[data-cy='checkbox-{field}'] .Mui-checked").count() > 0, field
         dataset.reload()
         assert dataset.app_config.color_scheme.opacity == REVIEW_OPACITY  # stored as the dataset's default...
+        _close_result(page)  # the operator's summary
         page.locator("[data-cy='action-color-settings']").first.click()
         time.sleep(2)
         sliders = page.evaluate("Array.from(document.querySelectorAll('input[type=range]')).map(e => e.value)")
@@ -322,7 +323,12 @@ def _open_region_in_panel(page, shot):
         page.locator("[data-cy='modal'] [data-cy='new-panel-btn']").first.click()
         page.get_by_text("MaskInversion", exact=True).last.click()
     _wait_for(page, "text=Accept prediction", timeout=60_000)
-    _wait_for(page, "[data-cy='modal'] img[src^='data:image/png']", timeout=30_000)
+    try:  # the heatmap picture is decoded and drawn at its size (not an empty frame)
+        page.wait_for_function("() => Array.from(document.querySelectorAll(\"[data-cy='modal'] img[src^='data:image/png']\"))"
+                               ".some(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().height > 300)",
+                               timeout=30_000)
+    except Exception as error:
+        raise _page_failure(page, "app-panel-picture.png", "the panel's heatmap picture is not drawn") from error
     time.sleep(2)
     page.screenshot(path=str(ARTIFACTS / shot))
     return " ".join(page.locator("[data-cy='modal']").inner_text().split())

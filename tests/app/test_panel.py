@@ -189,3 +189,57 @@ def test_the_compute_form_starts_from_the_fields_run_and_offers_only_the_users_f
     assert not fo.config.allow_legacy_orchestrators
     assert "delegate" not in form and "num_shards" not in form
     assert "fiftyone delegated launch" in form["delegation_help"].view.label
+
+
+def run_operator(dataset, operator, view=None, **params):
+    """Run an operator as the App would on ``view`` (default: the dataset); returns its result dict."""
+    view = view if view is not None else dataset.view()
+    return foo.execute_operator(f"{URI}/{operator}", ctx={"dataset": dataset.name, "view": view,
+                                                          "params": params}).result
+
+
+def test_reopening_the_bad_mask_view_recomputes_nothing_and_names_the_suggestions(reviewed):
+    """Observation 5: re-opening it re-ran the review (107 s) although every region was scored, and the
+    suggested missing regions were never mentioned."""
+    dataset = reviewed
+    ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "params": {}})
+    form = foo.get_operator(f"{URI}/find_bad_masks").resolve_input(ctx).type.properties
+    assert form["score"].default is False  # every embedded region has its score already
+    assert "prompt" not in form and "0 embedded regions have no mask score" in form["score"].view.description
+    before = dataset.values(f"{MISSING}.detections.id", unwind=True)
+    result = run_operator(dataset, "find_bad_masks", label_field="ground_truth", score=False)
+    assert result["scored"] == 0 and dataset.values(f"{MISSING}.detections.id", unwind=True) == before
+    assert result["regions"] == dataset.count("ground_truth.detections.mi_embedding_mask_mistakenness")
+    text = foo.get_operator(f"{URI}/find_bad_masks").summary({**result, "suggested": 3, "missing_field": MISSING})
+    assert "3 missing regions suggested" in text and "show suggested missing regions" in text
+
+
+def test_heatmaps_have_a_colour_scale_and_going_back_leaves_no_stale_dialog(reviewed):
+    """Observation 4: a faint one-colour tint with no scale and no label or Dice on the tile; going back
+    left a dialog "heatmaps: No value provided"."""
+    dataset = reviewed
+    region = next(d for d in dataset.first().ground_truth.detections if d.has_field("mi_embedding"))
+    foo.execute_operator(f"{URI}/show_region_heatmaps", ctx={
+        "dataset": dataset.name, "view": dataset.view(), "params": {},
+        "selected_labels": [{"label_id": region.id, "sample_id": dataset.first().id, "field": "ground_truth"}]})
+    companion = mifo.heatmaps_dataset(dataset)
+    companion.reload()
+    scheme = companion.app_config.color_scheme
+    assert [(c["path"], c["name"]) for c in scheme.colorscales] == [("heatmap", "viridis")]
+    assert {"heatmap", "label", "dice"} <= set(companion.app_config.active_fields.paths)
+    operator = foo.get_operator(f"{URI}/show_region_heatmaps")
+    back = foo.execute_operator(f"{URI}/show_region_heatmaps", ctx={"dataset": companion.name,
+                                                                    "view": companion.view(), "params": {}}).result
+    assert back == {"dataset": dataset.name}
+    assert operator.resolve_output(SimpleNamespace(results=back)) is None  # no dialog of empty outputs
+
+
+def test_the_index_operator_makes_search_read_the_query(reviewed):
+    """Observation 7: no operator built the region index, so a search's view bar read `Select(ids)`."""
+    dataset = reviewed
+    result = run_operator(dataset, "build_region_index", label_field="ground_truth")
+    embedded = dataset.count("ground_truth.detections.mi_embedding")
+    assert result == {"brain_key": "maskinversion_ground_truth_mi_embedding_sim", "regions": embedded, "text": True}
+    view = mifo.search_regions(dataset, "ground_truth", text="a red circle", k=3)
+    stage = view._stages[-1]
+    assert type(stage).__name__ == "SortBySimilarity" and stage.query == "a red circle"
