@@ -38,6 +38,7 @@ from fiftyone_maskinversion.fo.appearance import (
     BAD_MASK_OPACITY,
     group_package_fields,
     heatmaps_look,
+    package_fields,
     review_color_scheme,
 )
 from fiftyone_maskinversion.fo.heatmaps import SELECTION_VIEW, region_heatmaps_view, source_dataset
@@ -56,12 +57,6 @@ def _user_dataset(ctx):
     return resolve_target(ctx.view).dataset if ctx.dataset is not None else None
 
 
-def _owned_fields(dataset):
-    """Fields the package's runs write (predictions, suggestions, derived regions): not label fields to embed."""
-    return {f for run in list_region_runs(dataset) for f in run.pred_fields + ([run.regions_field] if run.derived
-                                                                              else [])}
-
-
 def _label_field_input(ctx, inputs, embedded_only=False):
     """A dropdown of the fields the operator applies to (the open view's field first); returns the field
     chosen (the default until the user picks), None (with a message in the form) when there is none."""
@@ -71,7 +66,8 @@ def _label_field_input(ctx, inputs, embedded_only=False):
     elif embedded_only:
         fields = sorted({run.label_field for run in list_region_runs(dataset)})
     else:
-        fields = sorted(set(dataset.get_field_schema(embedded_doc_type=SUPPORTED_TYPES)) - _owned_fields(dataset))
+        fields = sorted(set(dataset.get_field_schema(embedded_doc_type=SUPPORTED_TYPES))
+                        - set(package_fields(dataset)))
     if not fields:
         inputs.view("no_field", types.Error(label="No field has MaskInversion embeddings yet: run 'MaskInversion: "
                                                   "compute region embeddings' first." if embedded_only else
@@ -121,14 +117,16 @@ def _target(ctx):
     return resolve_target(ctx.target_view())
 
 
-def _show(ctx, view, dataset, opacity=None):
+def _show(ctx, view, dataset, opacity=None, color_by=None):
     """Open a review view in the App, with masks drawn so that the object shows through (the dataset's
     scheme, set to the review scheme if the user has none, applied to the open App as well; ``opacity``
-    overrides the mask opacity in the open App only)."""
+    and ``color_by`` override it in the open App only)."""
     scheme = review_color_scheme(dataset)
-    group_package_fields(dataset)
+    if group_package_fields(dataset):
+        ctx.ops.reload_dataset()
     ctx.ops.set_view(view)
-    ctx.trigger("set_color_scheme", params={"color_by": scheme.color_by, "opacity": opacity or scheme.opacity})
+    ctx.trigger("set_color_scheme", params={"color_by": color_by or scheme.color_by,
+                                            "opacity": opacity or scheme.opacity})
 
 
 def _prompt_input(inputs):
@@ -441,14 +439,14 @@ class FindMislabeled(_Summarised):
         dataset = _user_dataset(ctx)
         view = find_mislabeled(dataset, params["label_field"], params.get("pred_field") or None,
                                params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
-        _show(ctx, view, dataset)
+        _show(ctx, view, dataset, color_by="field")  # one colour for the annotation, one for the prediction
         return {"regions": len(view)}
 
     def summary(self, results):
         return (f"{results.get('regions', 0)} regions, the most likely mislabeled first (sorted by class "
                 "mistakenness; low-fidelity regions left out). Each tile draws the annotation (the label field) "
-                "and the prediction (the '_relabel' field). Open one and the MaskInversion panel to accept, fix or "
-                "tag it.")
+                "and the prediction (the '_relabel' field) in their fields' colours, as in the sidebar. Open one "
+                "and the MaskInversion panel to accept, fix or tag it.")
 
 
 class FindBadMasks(_Delegable):

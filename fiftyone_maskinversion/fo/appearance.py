@@ -35,22 +35,30 @@ def heatmaps_look(companion: fo.Dataset) -> fo.ColorScheme:
     return companion.app_config.color_scheme
 
 
-def group_package_fields(dataset: fo.Dataset) -> list:
-    """Put the fields the package's runs own (predictions, suggestions, derived regions) in one sidebar
-    group named "maskinversion", so they are not mixed with the user's fields; returns its paths."""
+def package_fields(dataset: fo.Dataset) -> list:
+    """The sample fields the package's runs write (predictions, suggestions, derived regions)."""
     owned = [f for run in list_region_runs(dataset) for f in run.pred_fields + ([run.regions_field] if run.derived
                                                                               else [])]
-    paths = [f for f in dict.fromkeys(owned) if dataset.has_sample_field(f)]
+    return [f for f in dict.fromkeys(owned) if dataset.has_sample_field(f)]
+
+
+def group_package_fields(dataset: fo.Dataset) -> bool:
+    """Put the fields the package's runs own (predictions, suggestions, derived regions) in one sidebar
+    group named "maskinversion", so they are not mixed with the user's fields; returns whether the
+    sidebar changed (the open App then needs to reload the dataset to show it)."""
+    paths = package_fields(dataset)
     if not paths:
-        return []
+        return False
     groups = dataset.app_config.sidebar_groups or fo.DatasetAppConfig.default_sidebar_groups(dataset)
+    mine = [g for g in groups if g.name == SIDEBAR_GROUP]
+    if mine and mine[0].paths == paths and dataset.app_config.sidebar_groups:
+        return False
     for group in groups:  # a field sits in one group only
         group.paths = [p for p in group.paths if p not in paths]
-    mine = [g for g in groups if g.name == SIDEBAR_GROUP]
     if mine:
         mine[0].paths = paths
     else:
         groups.append(fo.SidebarGroupDocument(name=SIDEBAR_GROUP, paths=paths, expanded=True))
     dataset.app_config.sidebar_groups = groups
     dataset.save()
-    return paths
+    return True

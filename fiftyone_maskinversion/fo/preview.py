@@ -9,7 +9,7 @@ import io
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .appearance import HEATMAP_COLORSCALE
 from .regions import LabelError, region_mask, regions_of
@@ -38,15 +38,16 @@ def draw_region(filepath: str, heatmap: Optional[np.ndarray], mask: Optional[np.
     picture = Image.new("RGB", (width + SCALE_WIDTH, height), (0, 0, 0))
     picture.paste(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=max(10, height // 20))
     if mask is not None:
         small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
         picture.paste(Image.new("RGB", (width, height), OUTLINE), (0, 0), Image.fromarray(outline(small)))
     ramp = colormap(np.linspace(1.0, 0.0, height))[:, :3] * 255.0  # top: 1, bottom: 0
     strip = np.repeat(ramp[:, None, :], 14, axis=1).astype(np.uint8)
     picture.paste(Image.fromarray(strip), (width + 4, 0))
-    draw.text((width + 21, 2), "1", fill=OUTLINE)
-    draw.text((width + 21, height - 12), "0", fill=OUTLINE)
-    draw.text((4, 4), caption, fill=OUTLINE)
+    draw.text((width + 21, 2), "1", fill=OUTLINE, font=font)
+    draw.text((width + 21, height - 2), "0", fill=OUTLINE, font=font, anchor="ld")
+    draw.text((4, 4), caption, fill=OUTLINE, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     return picture
 
 

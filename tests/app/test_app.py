@@ -372,7 +372,15 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         _run_operator(page, "MaskInversion: show likely mislabeled regions",
                       lambda ms: page.wait_for_selector(f"text={len(mislabeled)} patches", timeout=ms))
         assert page.get_by_text("sorted by class mistakenness", exact=False).count()  # the summary says the sort
+        _close_result(page)
+        time.sleep(2)
         page.screenshot(path=str(ARTIFACTS / "app-loop-mislabeled.png"))
+        # each tile's two label pills: the annotation in one colour, the prediction in another, on every tile
+        pills = page.evaluate("() => Array.from(document.querySelectorAll(\"[data-cy='looker'] div\"))"
+                              ".filter(d => !d.children.length && d.innerText)"
+                              ".map(d => getComputedStyle(d).backgroundColor)")
+        assert len(pills) == 2 * len(mislabeled), pills
+        assert len(set(pills[0::2])) == 1 and len(set(pills[1::2])) == 1 and pills[0] != pills[1], pills
 
         text = _open_region_in_panel(page, "app-loop-panel.png")
         assert f"{annotated} (ground_truth, annotation)" in text and f"Prediction: {predicted}" in text

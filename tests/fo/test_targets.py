@@ -86,35 +86,69 @@ def test_search_results_and_the_heatmaps_dataset_map_back(reviewed):
     assert sorted(target.regions.values("ground_truth.detections.id", unwind=True)) == label_ids
 
 
+def run_operator(operator, view, selected=(), **params):
+    """Run a plugin operator as the App does from ``view`` (its dataset: the root of a patches view)."""
+    ctx = {"dataset": view._root_dataset.name if view._is_patches else view._dataset.name,
+           "view": view, "params": params, "selected": list(selected)}
+    return foo.execute_operator(f"{PLUGIN}/{operator}", ctx=ctx).result
+
+
 def test_follow_up_operators_run_from_every_view_the_package_opens(reviewed):
     """Observation 1: from the mislabeled view, find_bad_masks (current and base view) and apply_relabel on
     a selected patch failed with "field 'ground_truth' of '<patches dataset>' holds Detection"."""
     dataset, _ = reviewed
-
-    def run(operator, view, selected=(), **params):
-        ctx = {"dataset": view._root_dataset.name if view._is_patches else view._dataset.name,
-               "view": view, "params": params, "selected": list(selected)}
-        return foo.execute_operator(f"{PLUGIN}/{operator}", ctx=ctx).result
-
     mislabeled = mifo.find_mislabeled(dataset, "ground_truth")
     for target in ("CURRENT_VIEW", "BASE_VIEW"):
-        result = run("find_bad_masks", mislabeled, label_field="ground_truth", prompt=SINGLE, view_target=target,
-                     suggest_missing=False)
+        result = run_operator("find_bad_masks", mislabeled, label_field="ground_truth", prompt=SINGLE,
+                              view_target=target, suggest_missing=False)
         assert result["failed"] == 0 and result["missing_field"] == ""
     first = mislabeled.first()
     prediction = mifo.prediction_of(first, PRED)
-    result = run("apply_relabel", mislabeled, selected=[first.id], label_field="ground_truth", threshold=0.0,
-                 view_target="SELECTED_SAMPLES")
+    result = run_operator("apply_relabel", mislabeled, selected=[first.id], label_field="ground_truth",
+                          threshold=0.0, view_target="SELECTED_SAMPLES")
     region = dataset.select_labels(ids=[first.ground_truth.id]).first().ground_truth.detections[0]
     changed = prediction.label != first.ground_truth.label
     assert result["changed"] == int(changed) and region.label == prediction.label
     others = region_ids(dataset, F("mi_original_label").exists())
     assert others == ({region.id} if changed else set())  # that one region, no other
-    run("apply_relabel", mislabeled, selected=[first.id], label_field="ground_truth", undo=True,
-        view_target="SELECTED_SAMPLES")
+    run_operator("apply_relabel", mislabeled, selected=[first.id], label_field="ground_truth", undo=True,
+                 view_target="SELECTED_SAMPLES")
     assert not region_ids(dataset, F("mi_original_label").exists())
 
     heat = region_heatmaps_view(dataset, label_ids=[first.ground_truth.id])
-    result = run("search_regions", heat, label_field="ground_truth", text="", k=2,
-                 **{})  # no text, nothing selected: the heatmap's region is the query
-    assert result == {"regions": 2}
+    result = run_operator("search_regions", heat, label_field="ground_truth", text="", k=2)
+    assert result == {"regions": 2}  # no text, nothing selected: the heatmap's region is the query
+
+
+def test_every_follow_up_from_every_view(reviewed):
+    """Each follow-up (score, relabel, apply preview-free at an unreachable threshold, the review views,
+    search, heatmaps, layout) from each view the package opens, targeting that view: each acts on the
+    user's dataset, and only on the view's samples where it writes."""
+    dataset, _ = reviewed
+    label_ids = sorted(region_ids(dataset, F("mi_embedding").exists()))
+    views = {
+        "mislabeled": mifo.find_mislabeled(dataset, "ground_truth"),
+        "bad masks": mifo.find_bad_masks(dataset, "ground_truth"),
+        "missing": mifo.find_missing_regions(dataset, "ground_truth"),
+        "search": mifo.search_regions(dataset, "ground_truth", text="a dog", k=3, backbone=reviewed[1]),
+        "heatmaps": region_heatmaps_view(dataset, label_ids=label_ids[:3]),
+        "selection": mifo.find_bad_masks(dataset, "ground_truth").limit(2),
+    }
+    follow_ups = {
+        "find_bad_masks": dict(score=False),
+        "find_mislabeled": {},
+        "show_missing_regions": {},
+        "search_regions": dict(text="a cat", k=2),
+        "zero_shot_relabel": dict(prompt=SINGLE, overwrite=True, view_target="CURRENT_VIEW"),
+        "apply_relabel": dict(threshold=1.0, view_target="CURRENT_VIEW"),
+    }
+    relabelled = region_ids(dataset, F("mi_embedding_predicted_label").exists())
+    for name, view in views.items():
+        for operator, params in follow_ups.items():
+            try:
+                result = run_operator(operator, view, label_field="ground_truth", **params)
+            except Exception as error:
+                raise AssertionError(f"{operator} from the {name} view: {error}") from error
+            assert result.get("failed", 0) == 0, (name, operator, result)
+        assert region_ids(dataset, F("mi_embedding_predicted_label").exists()) == relabelled  # nothing lost
+    assert not region_ids(dataset, F("mi_original_label").exists())  # threshold 1.0: nothing applied
