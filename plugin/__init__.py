@@ -13,6 +13,7 @@ import urllib.parse
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.categories import Categories
 
 from fiftyone_maskinversion import defaults
 from fiftyone_maskinversion.core.precision import PRECISIONS
@@ -43,7 +44,7 @@ from fiftyone_maskinversion.fo.appearance import (
 )
 from fiftyone_maskinversion.fo.heatmaps import SELECTION_VIEW, region_heatmaps_view, source_dataset
 from fiftyone_maskinversion.fo.preview import MAX_REGIONS, PANEL_HEIGHT, data_uri, draw_region, preview_data_uri
-from fiftyone_maskinversion.fo.region_review import REVIEW_TAGS, find_region, review_region, runs_of_field
+from fiftyone_maskinversion.fo.region_review import REVIEW_TAGS, review_region, runs_of_field
 from fiftyone_maskinversion.fo.regions import SUPPORTED_TYPES, list_path
 from fiftyone_maskinversion.fo.targets import only_regions, resolve_target
 
@@ -725,6 +726,7 @@ class RegionPanel(foo.Panel):
     @property
     def config(self):
         return foo.PanelConfig(name="maskinversion_panel", label="MaskInversion", surfaces="grid modal",
+                               category=Categories.CURATE,
                                help_markdown="One region's MaskInversion results and the curator's actions on it")
 
     def on_load(self, ctx):

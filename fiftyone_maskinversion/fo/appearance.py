@@ -9,6 +9,7 @@ from .runs import list_region_runs
 
 REVIEW_OPACITY = 0.25  # the App's default (0.7) hides the colour that often defines the class
 BAD_MASK_OPACITY = 0.6  # the bad-mask view: a moved mask must stand out from the object it missed
+HEATMAP_OPACITY = 0.6  # the heatmaps dataset: at the review opacity the heatmap was a faint tint
 HEATMAP_COLORSCALE = "viridis"  # perceptually ordered: a brighter colour always means a higher score
 SIDEBAR_GROUP = "maskinversion"
 
@@ -23,11 +24,12 @@ def review_color_scheme(dataset: fo.Dataset) -> fo.ColorScheme:
 
 
 def heatmaps_look(companion: fo.Dataset) -> fo.ColorScheme:
-    """The heatmaps dataset's look: the heatmap drawn with a colour scale under a see-through region,
-    and each tile showing its region's label and Dice; set once (what the user changes later is kept)."""
+    """The heatmaps dataset's look: the heatmap drawn clearly with a colour scale, and each tile showing
+    its region's label and Dice; set once (what the user changes later is kept)."""
     if companion.app_config.color_scheme is None:
-        companion.app_config.color_scheme = fo.ColorScheme(
-            opacity=REVIEW_OPACITY, colorscales=[{"path": "heatmap", "name": HEATMAP_COLORSCALE}])
+        companion.app_config.color_scheme = fo.ColorScheme(  # the App draws a heatmap in its colour scale only
+            color_by="value", opacity=HEATMAP_OPACITY,       # when colouring by value (by field: one tint)
+            colorscales=[{"path": "heatmap", "name": HEATMAP_COLORSCALE}])
         active = companion.app_config.active_fields or fo.ActiveFields(paths=["heatmap"])
         active.paths = list(dict.fromkeys(active.paths + ["label", "dice"]))
         companion.app_config.active_fields = active

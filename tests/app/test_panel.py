@@ -12,7 +12,7 @@ import pytest
 from fiftyone import ViewField as F
 
 import fiftyone_maskinversion.fo as mifo
-from fiftyone_maskinversion.fo.appearance import REVIEW_OPACITY, SIDEBAR_GROUP
+from fiftyone_maskinversion.fo.appearance import HEATMAP_OPACITY, REVIEW_OPACITY, SIDEBAR_GROUP
 
 from ..helpers import REPO, delete_with_heatmaps, reviewed_coco
 
@@ -226,6 +226,8 @@ def test_heatmaps_have_a_colour_scale_and_going_back_leaves_no_stale_dialog(revi
     companion.reload()
     scheme = companion.app_config.color_scheme
     assert [(c["path"], c["name"]) for c in scheme.colorscales] == [("heatmap", "viridis")]
+    assert scheme.opacity == HEATMAP_OPACITY > REVIEW_OPACITY and scheme.color_by == "value"  # the App uses the
+    # colour scale for a heatmap only when colouring by value (seen in the App: by field it drew one tint)
     assert {"heatmap", "label", "dice"} <= set(companion.app_config.active_fields.paths)
     operator = foo.get_operator(f"{URI}/show_region_heatmaps")
     back = foo.execute_operator(f"{URI}/show_region_heatmaps", ctx={"dataset": companion.name,
