@@ -392,6 +392,11 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         page.get_by_role("button", name="Undo").click()
         _poll(lambda: label().label == annotated and label().get_attribute_value("mi_original_label", None) is None,
               "Undo did not restore the annotation")
+        second = mislabeled.skip(1).first()  # Next: the view's next region, in the panel too
+        page.get_by_role("button", name="Next").click()
+        _wait_for(page, f"[data-cy='modal'] >> text={second.id}", timeout=30_000)  # the modal's sample id
+        _wait_for(page, f"text={second.ground_truth.label}  (ground_truth, annotation)".replace("  ", " "),
+                  timeout=30_000)
 
         _close_modal(page)  # back to the mislabeled view's grid
         scored = dataset.count("ground_truth.detections.mi_embedding_mask_mistakenness")

@@ -135,6 +135,17 @@ def test_a_region_clicked_in_the_dataset_is_reviewed_and_a_sample_alone_asks_for
     assert ctx.panel.state["region"]["label_id"] == region.id
 
 
+def test_a_heatmap_opened_in_the_heatmaps_dataset_is_reviewed_as_its_region(reviewed):
+    dataset = reviewed
+    region = next(d for d in dataset.first().ground_truth.detections if d.has_field("mi_embedding"))
+    companion = mifo.heatmaps_dataset(dataset)
+    heat = companion.match(F("source_label_id") == region.id).first()
+    ctx = app_context(companion.view(), current_sample=heat.id)
+    plugin.RegionPanel().on_load(ctx)
+    assert ctx.panel.state["region"] == {"label_id": region.id, "field": "ground_truth", "label_field": "ground_truth",
+                                         "embeddings_field": "mi_embedding"}
+
+
 def test_the_grid_panel_lists_each_run_with_its_counts_and_opens_its_views(reviewed):
     dataset = reviewed
     ctx = app_context(dataset.view())
