@@ -2,10 +2,14 @@
 embeddings against the autograd engine's (ViT-B-16 at 448 px: fp32 by the direct products as the
 baseline, fp32 and bf16-mixed as the engine chooses, i.e. with the linear map from 32 masks on, and the
 autograd engine with other chunks for its own fp32 noise), the profile of the 100-mask call, a core loop
-over the COCO sample, and last, for information, how far TF32 matrix products move fp32 results.
+over the COCO sample, several images per chunk (10 COCO-sample images x 9 masks: invert_many, with and
+without one batched forward, against one invert call per image), and last, for information, how far
+TF32 matrix products move fp32 results (with exact_fp32 pinning, they should not move them at all).
 
     .venv/bin/python benchmarks/gpu.py --pack .gpudata/coco.npz      # here: pack the COCO sample (images + masks)
     python3 benchmarks/gpu.py --data .gpudata/coco.npz                # on the GPU machine
+    .venv/bin/python benchmarks/gpu.py --data .gpudata/coco.npz --only images-per-chunk --device cpu \
+        --model ViT-B-32 --size 224                                  # that one table on any device and model
 
 The GPU machine has no FiftyOne and no pycocotools, so the sample travels packed: JPEG bytes and
 packed-bit instance masks. Random weights (seeded); 10 iterations, lr 0.5, alpha 0.
@@ -76,16 +80,24 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def timed(inverter: MaskInverter, image, masks, repeats: int = 3) -> tuple:
     """(best seconds, peak GPU bytes, result) of invert() after a warm-up call."""
-    inverter.invert(image, masks)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    return best_of(lambda: inverter.invert(image, masks), torch.device("cuda"), repeats)
+
+
+def best_of(call, device: torch.device, repeats: int = 3) -> tuple:
+    """(best seconds, peak GPU bytes or 0 on a CPU, last result) of ``call()`` after a warm-up call."""
+    cuda = device.type == "cuda"
+    call()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        result = inverter.invert(image, masks)
-        torch.cuda.synchronize()
+        result = call()
+        if cuda:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return best, torch.cuda.max_memory_allocated(), result
+    return best, torch.cuda.max_memory_allocated() if cuda else 0, result
 
 
 VARIANTS = ("fp32 direct", "fp32", "bf16-mixed", "autograd, 25 masks per chunk")
@@ -109,16 +121,43 @@ def run_variant(backbone, image, masks, variant: str) -> tuple:
 
 
 def tf32_cosines(backbone, image, instances) -> None:
-    """Min cosine to the autograd engine of fp32 with TF32 matrix products, for information; run last,
-    since switching TF32 on and off was seen to leave later fp32 results changed."""
+    """Min cosine to the autograd engine of fp32 runs with TF32 switched on by the caller: the inverter pins
+    full fp32 products (exact_fp32), so these should equal the fp32 rows; run last, since switching TF32
+    on and off was seen to leave later fp32 results changed."""
     for count in (1, 10, 100):
         masks = masks_for(image, instances, count)
         torch.backends.cuda.matmul.allow_tf32 = False
         reference = MaskInverter(backbone, engine="autograd").invert(image, masks).embeddings
         torch.backends.cuda.matmul.allow_tf32 = True
         result = MaskInverter(backbone, precision="fp32").invert(image, masks).embeddings
-        print(f"fp32 with TF32 matrix products, N = {count}: min cosine to the autograd engine "
+        print(f"fp32 with the caller's TF32 switched on, N = {count}: min cosine to the autograd engine "
               f"{cosines(result, reference).min():.6f}")
+
+
+def images_per_chunk(backbone, samples, images: int = 10, masks_per_image: int = 9, repeats: int = 3) -> None:
+    """COCO-like load (``images`` images x ``masks_per_image`` masks, instances topped up with rectangles):
+    one invert call per image against invert_many (masks of several images per chunk), with per-image
+    forwards and with one batched forward; min cosine of each row's embeddings to the per-image ones."""
+    batch = [(image, masks_for(image, instances if instances is not None else np.zeros((0, 1, 1), bool),
+                               masks_per_image, seed=k)) for k, (image, instances) in enumerate(samples[:images])]
+    inverter = MaskInverter(backbone, precision="fp32")
+    device = backbone.device
+    rows = {
+        "one image at a time": lambda: [inverter.invert(image, masks) for image, masks in batch],
+        "invert_many": lambda: inverter.invert_many(batch),
+        "invert_many, batched forward": lambda: inverter.invert_many(batch, batch_forward=True),
+    }
+    print(f"{len(batch)} images x {masks_per_image} masks, {backbone.model_name} at {backbone.image_size} px, "
+          f"{device}, fp32:")
+    print("| variant | s for all images | ms / mask | peak GPU memory | min cosine to one image at a time |")
+    print("| --- | --- | --- | --- | --- |")
+    reference = None
+    for name, call in rows.items():
+        seconds, peak, results = best_of(call, device, repeats)
+        embeddings = np.concatenate([result.embeddings for result in results])
+        reference = embeddings if reference is None else reference
+        print(f"| {name} | {seconds:.3f} | {1000 * seconds / len(embeddings):.1f} | {peak / 2**30:.2f} GiB | "
+              f"{cosines(embeddings, reference).min():.6f} |", flush=True)
 
 
 def profile(backbone, image, masks) -> None:
@@ -137,12 +176,21 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, help="write the packed COCO sample here and stop")
     parser.add_argument("--data", type=Path, default=REPO / ".gpudata" / "coco.npz")
     parser.add_argument("--images", type=int, default=None, help="images of the core loop (default: all)")
+    parser.add_argument("--only", choices=["images-per-chunk"], help="run this table only")
+    parser.add_argument("--device", default="cuda", help="with --only: the device (default cuda)")
+    parser.add_argument("--model", default="ViT-B-16", help="with --only: the open_clip model (random weights)")
+    parser.add_argument("--size", type=int, default=SIZE, help="with --only: the image size")
+    parser.add_argument("--repeats", type=int, default=3, help="with --only: timed calls per row (best kept)")
     args = parser.parse_args()
     if args.pack:
         return pack(args.pack)
+    samples = list(unpack(args.data))
+    if args.only:
+        torch.manual_seed(0)
+        backbone = load_backbone(args.model, pretrained=None, image_size=args.size, device=args.device)
+        return images_per_chunk(backbone, samples, repeats=args.repeats)
     device = torch.device("cuda")
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-    samples = list(unpack(args.data))
     image, instances = next((im, m) for im, m in samples if m is not None and len(m) >= 5)
 
     torch.manual_seed(0)
@@ -176,6 +224,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     print(f"core loop over {len(samples[: args.images])} COCO-sample images (decode done, fp32): {regions} regions "
           f"in {wall:.1f} s = {60 * regions / wall:.0f} regions/min")
+    images_per_chunk(backbone, samples)
     tf32_cosines(backbone, image, instances)
 
 

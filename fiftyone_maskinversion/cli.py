@@ -103,11 +103,15 @@ def cmd_apply_relabel(args) -> None:
     from .fo import apply_relabel, undo_relabel
 
     dataset = _dataset(args.dataset)
+    ids = args.label_ids.split(",") if args.label_ids else None
     if args.undo:
-        print(f"restored {undo_relabel(dataset, args.label_field)} labels")
+        changes = undo_relabel(dataset, args.label_field, ids, args.embeddings_field, dry_run=args.dry_run)
     else:
-        changed = apply_relabel(dataset, args.label_field, args.pred_field, args.threshold, args.embeddings_field)
-        print(f"changed {changed} labels")
+        changes = apply_relabel(dataset, args.label_field, args.pred_field, args.threshold, args.embeddings_field,
+                                label_ids=ids, include_low_fidelity=args.include_low_fidelity, dry_run=args.dry_run)
+    print(changes.describe())
+    for label_id, (before, after) in changes.changed.items():
+        print(f"  {label_id}: {before} -> {after}")
 
 
 def cmd_mislabeled(args) -> None:
@@ -134,7 +138,8 @@ def cmd_badmasks(args) -> None:
                           classes=classes_from_text(args.classes), prompt=args.prompt, suggest_missing=not args.no_missing,
                           min_missing_score=args.min_missing_score, confirmation=args.confirmation,
                           overwrite=args.overwrite, progress=_progress)
-    print(f"scored {summary.scored} regions ({summary.skipped_scored} already scored); "
+    print(f"scored {summary.scored} regions ({summary.unscorable} unscorable, {summary.skipped_scored} already "
+          "reviewed with these settings); "
           f"{summary.suggested} suggested missing regions; {len(summary.failed)} failed")
     for sample_id, label_id, reason in summary.failed:
         print(f"  failed: sample {sample_id} label {label_id}: {reason}")
@@ -283,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply-relabel", help="apply (or --undo) confident relabels on the label field")
     _run_args(p, pred=True)
     p.add_argument("--threshold", type=float, default=defaults.RELABEL_THRESHOLD)
-    p.add_argument("--undo", action="store_true")
+    p.add_argument("--undo", action="store_true", help="undo the latest applied relabel of each region")
+    p.add_argument("--label-ids", default="", help="comma-separated label ids: only these regions")
+    p.add_argument("--include-low-fidelity", action="store_true", help="also relabel regions whose inversion Dice "
+                   "is below the low-fidelity threshold")
+    p.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     p.set_defaults(func=cmd_apply_relabel)
 
     p = sub.add_parser("mislabeled", help="print the regions most likely mislabeled")

@@ -5,7 +5,6 @@ Every operator maps the App's view back to the user's dataset first (fo.targets)
 every view the package opens: patches views, search results, the heatmaps dataset, a selection of patches.
 """
 
-import inspect
 import os
 import socket
 import urllib.parse
@@ -130,11 +129,11 @@ def _show(ctx, view, dataset, opacity=None, color_by=None):
                                             "opacity": opacity or scheme.opacity})
 
 
-def _prompt_input(inputs):
+def _prompt_input(inputs, default=defaults.PROMPT):
     prompts = types.RadioGroup()
-    prompts.add_choice(defaults.PROMPT, label="CLIP template ensemble")
-    prompts.add_choice(defaults.SINGLE_PROMPT, label=defaults.SINGLE_PROMPT)
-    inputs.enum("prompt", prompts.values(), default=defaults.PROMPT, label="Prompts", view=prompts)
+    for prompt in dict.fromkeys((defaults.PROMPT, defaults.SINGLE_PROMPT, default)):
+        prompts.add_choice(prompt, label="CLIP template ensemble" if prompt == defaults.PROMPT else prompt)
+    inputs.enum("prompt", prompts.values(), default=default, label="Prompts", view=prompts)
 
 
 def _vocabulary_inputs(ctx, inputs):
@@ -368,15 +367,6 @@ class ZeroShotRelabel(_Delegable):
                 "mislabeled regions', then accept or fix each one in the MaskInversion panel.")
 
 
-# issue 15's apply_relabel(dry_run=...) previews; until it is merged the form offers no preview
-_PREVIEW = "dry_run" in inspect.signature(apply_relabel).parameters
-
-
-def _changed_count(changes):
-    """How many labels an apply/undo changed (an int before issue 15's RelabelChanges, its .count after)."""
-    return getattr(changes, "count", changes)
-
-
 class ApplyRelabel(_Summarised):
     op_name = "apply_relabel"
     op_label = "MaskInversion: apply or undo relabels"
@@ -385,11 +375,11 @@ class ApplyRelabel(_Summarised):
         def more(inputs):
             inputs.str("pred_field", default="", label="Predictions field (empty: the run's default)")
             inputs.float("threshold", default=defaults.RELABEL_THRESHOLD, label="Minimum confidence")
-            inputs.bool("undo", default=False, label="Undo: restore the original labels instead")
-            if _PREVIEW:
-                inputs.bool("preview", default=True, label="Preview only: show what would change, write nothing",
-                            description="untick to apply; low-fidelity regions and labels edited since the "
-                                        "prediction are never changed")
+            inputs.bool("undo", default=False, label="Undo: restore the labels before the latest apply instead")
+            inputs.bool("include_low_fidelity", default=False,
+                        label="Also relabel low-fidelity regions (inversion Dice below the threshold)?")
+            inputs.bool("preview", default=True, label="Preview only: show what would change, write nothing",
+                        description="untick to apply; labels edited since the prediction are never changed")
             inputs.view_target(ctx)
         return _run_form(ctx, "Apply relabel", more)
 
@@ -401,6 +391,7 @@ class ApplyRelabel(_Summarised):
         if params.get("preview"):
             changes = apply_relabel(target.regions, field, params.get("pred_field") or None,
                                     float(params.get("threshold", defaults.RELABEL_THRESHOLD)), embeddings,
+                                    include_low_fidelity=bool(params.get("include_low_fidelity", False)),
                                     dry_run=True)
             run = runs_of_field(target.dataset, field)[0]
             if changes.changed:
@@ -408,15 +399,13 @@ class ApplyRelabel(_Summarised):
                       .to_patches(run.regions_field), target.dataset)
             return {"changed": changes.count, "preview": True, "describe": changes.describe()}
         if params.get("undo"):
-            changes = undo_relabel(target.regions, field)
+            changes = undo_relabel(target.regions, field, embeddings_field=embeddings)
         else:
             changes = apply_relabel(target.regions, field, params.get("pred_field") or None,
-                                    float(params.get("threshold", defaults.RELABEL_THRESHOLD)), embeddings)
+                                    float(params.get("threshold", defaults.RELABEL_THRESHOLD)), embeddings,
+                                    include_low_fidelity=bool(params.get("include_low_fidelity", False)))
         ctx.ops.reload_dataset()
-        result = {"changed": _changed_count(changes)}
-        if hasattr(changes, "describe"):
-            result["describe"] = changes.describe()
-        return result
+        return {"changed": changes.count, "describe": changes.describe()}
 
     def summary(self, results):
         text = results.get("describe") or f"{results.get('changed', 0)} labels changed."
@@ -460,16 +449,22 @@ class FindBadMasks(_Delegable):
         field = _label_field_input(ctx, inputs, embedded_only=True)
         if field:
             _embeddings_field_input(ctx, inputs)
-            unscored = _unscored(_user_dataset(ctx), field, ctx.params.get("embeddings_field"))
+            dataset, run = _user_dataset(ctx), _run_of_form(ctx, field)
+            unscored = (_labelled(dataset, run, run.embeddings_field)
+                        - _labelled(dataset, run, f"{run.embeddings_field}_mask_review"))
             inputs.bool("score", default=unscored > 0, label="Score masks now (then open the view)?",
                         description=f"{unscored} embedded regions have no mask score yet; unticked, the view of the "
                                     "stored scores opens at once")
             if ctx.params.get("score", unscored > 0):
-                inputs.str("classes", default="", label="Classes (comma-separated; empty: the field's labels)")
-                _prompt_input(inputs)
-                inputs.bool("suggest_missing", default=True, label="Suggest missing regions?")
-                inputs.float("min_missing_score", default=defaults.MIN_MISSING_SCORE, label="Least suggestion score")
-                inputs.float("confirmation", default=defaults.MISSING_CONFIRMATION,
+                last = (run.mask_review or {}).get("settings") or {}  # the latest review's settings: a rescore
+                inputs.str("classes", default=",".join(last.get("classes") or []),  # with others needs overwrite
+                           label="Classes (comma-separated; empty: the field's labels)")
+                _prompt_input(inputs, last.get("prompt", defaults.PROMPT))
+                inputs.bool("suggest_missing", default=bool(last.get("missing_field", True)),
+                            label="Suggest missing regions?")
+                inputs.float("min_missing_score", default=last.get("min_missing_score", defaults.MIN_MISSING_SCORE),
+                             label="Least suggestion score")
+                inputs.float("confirmation", default=last.get("confirmation", defaults.MISSING_CONFIRMATION),
                              label="Least p(class | MaskInversion embedding of a suggested box)")
                 inputs.bool("overwrite", default=False, label="Rescore regions that already have a mask score?")
                 _delegation_input(inputs)
@@ -508,17 +503,15 @@ class FindBadMasks(_Delegable):
                 "region with the MaskInversion panel for the score's components and reason.")
 
 
-def _unscored(dataset, label_field, embeddings_field):
-    """How many regions of the run hold an embedding but no mask score (what scoring now would add)."""
-    runs = [r for r in runs_of_field(dataset, label_field) if embeddings_field in (None, r.embeddings_field)]
-    if not runs:
-        return 0
-    embeddings = runs[0].embeddings_field
-    return _labelled(dataset, runs[0], embeddings) - _labelled(dataset, runs[0], f"{embeddings}_mask_mistakenness")
+def _run_of_form(ctx, label_field):
+    """The run a form is about: of ``label_field`` and the form's embeddings attribute (else the first)."""
+    runs = runs_of_field(_user_dataset(ctx), label_field)
+    chosen = [r for r in runs if r.embeddings_field == ctx.params.get("embeddings_field")]
+    return (chosen or runs)[0]
 
 
 def _labelled(dataset, run, attribute):
-    """How many regions of the run hold a value of ``attribute`` (0 where it was never declared)."""
+    """How many of the run's regions hold a value of ``attribute`` (0 where it was never declared)."""
     path = f"{list_path(dataset, run.regions_field)}.{attribute}"
     return dataset.count(path) if dataset.has_field(path) else 0
 
@@ -801,17 +794,19 @@ class RegionPanel(foo.Panel):
         self._refresh(ctx)
 
     def accept(self, ctx):
-        def do(dataset, one, state):
-            changes = apply_relabel(one, state["label_field"], threshold=0.0,
-                                    embeddings_field=state["embeddings_field"])
-            return getattr(changes, "describe", lambda: f"Accepted the prediction: {changes} label changed.")()
+        def do(dataset, one, state):  # the curator chose this one region: whatever its confidence or fidelity
+            changes = apply_relabel(dataset, state["label_field"], threshold=0.0,
+                                    embeddings_field=state["embeddings_field"], label_ids=[state["label_id"]],
+                                    include_low_fidelity=True)
+            return f"Accept prediction: {changes.describe()}."
 
         self._act(ctx, do)
 
     def undo(self, ctx):
         def do(dataset, one, state):
-            changes = undo_relabel(one, state["label_field"])
-            return getattr(changes, "describe", lambda: f"Undo: {changes} label restored.")()
+            changes = undo_relabel(dataset, state["label_field"], label_ids=[state["label_id"]],
+                                   embeddings_field=state["embeddings_field"])
+            return f"Undo: {changes.describe()}."
 
         self._act(ctx, do)
 
@@ -929,8 +924,8 @@ def _percent(value):
 def _review_text(review):
     """The panel's words about one region: what is annotated vs predicted, the scores and the settings."""
     lines = [f"#### {review.label}  ({review.field}, annotation)"]
-    if review.original_label:
-        lines.append(f"Relabelled by the package from **{review.original_label}** (Undo restores it).")
+    if review.relabelled_from:
+        lines.append(f"Relabelled by the package from **{review.relabelled_from}** (Undo restores it).")
     if review.tags:
         lines.append(f"Tags: {', '.join(review.tags)}")
     lines.append(f"- Inversion fidelity: Dice **{_percent(review.dice)}**, IoU **{_percent(review.iou)}**"

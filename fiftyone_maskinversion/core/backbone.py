@@ -82,6 +82,8 @@ class Backbone:
     quick_gelu: bool = False
     interpolation: str = "bicubic"
     _weights_id: Optional[str] = field(default=None, repr=False)
+    # what the engines derive from this model's weights alone (e.g. folded matrices), by their own keys
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def activation(self) -> str:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 
 from .backbone import Backbone
+from .precision import exact_fp32
 
 
 @dataclass
@@ -74,14 +75,16 @@ def block_from_attention(
 
 
 @torch.no_grad()
-def capture_image_state(backbone: Backbone, pixels: torch.Tensor, blocks: Sequence[int]) -> ImageState:
-    """Run encode_image once on a 1x3xSxS tensor, keeping the explained blocks' inputs and outputs."""
+@exact_fp32()
+def capture_image_states(backbone: Backbone, pixels: torch.Tensor, blocks: Sequence[int]) -> List[ImageState]:
+    """Run encode_image once on a B x 3 x S x S batch, keeping each image's explained blocks' inputs and
+    outputs (in full fp32 matrix products, whatever the caller's TF32 / bf16 settings)."""
     resblocks = backbone.visual.transformer.resblocks
     batch_first = getattr(backbone.visual.transformer, "batch_first", True)
     seen_inputs, seen_outputs = {}, {}
 
     def tokens_of(x: torch.Tensor) -> torch.Tensor:
-        return (x[0] if batch_first else x[:, 0]).float()
+        return (x if batch_first else x.transpose(0, 1)).float()  # B x n x width
 
     handles = []
     for index in blocks:
@@ -96,20 +99,27 @@ def capture_image_state(backbone: Backbone, pixels: torch.Tensor, blocks: Sequen
             )
         )
     try:
-        image_embedding = backbone.model.encode_image(pixels).float()
+        image_embeddings = backbone.model.encode_image(pixels).float()
     finally:
         for handle in handles:
             handle.remove()
+    return [
+        ImageState(image_embedding=image_embeddings[k: k + 1],
+                   blocks=[_block_state(resblocks[i], seen_inputs[i][k], seen_outputs[i][k]) for i in blocks])
+        for k in range(len(pixels))
+    ]
 
-    states = []
-    for index in blocks:
-        block, tokens = resblocks[index], seen_inputs[index]
-        attn, values = attention_probabilities(block, tokens)
-        hidden, outputs = block_from_attention(block, tokens, attn, values)
-        states.append(
-            BlockState(block, tokens, attn, values, hidden, outputs, model_outputs=seen_outputs[index])
-        )
-    return ImageState(image_embedding=image_embedding, blocks=states)
+
+def capture_image_state(backbone: Backbone, pixels: torch.Tensor, blocks: Sequence[int]) -> ImageState:
+    """The :class:`ImageState` of one image from a 1 x 3 x S x S tensor (one encode_image call)."""
+    return capture_image_states(backbone, pixels, blocks)[0]
+
+
+def _block_state(block: ResidualAttentionBlock, tokens: torch.Tensor, model_outputs: torch.Tensor) -> BlockState:
+    """A block's state from its input tokens, its attention recomputed explicitly from its own sub-modules."""
+    attn, values = attention_probabilities(block, tokens)
+    hidden, outputs = block_from_attention(block, tokens, attn, values)
+    return BlockState(block, tokens, attn, values, hidden, outputs, model_outputs=model_outputs)
 
 
 def pooled_direction(backbone: Backbone, mean_token: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,14 @@ from ..core.backbone import Backbone
 from ..core.badmask import review_masks
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter
+from .arguments import check_probability
+from .ownership import check_free, check_name, claim
 from .regions import LabelError, attribute, declare_attributes, list_path, region_mask, regions_of
-from .relabel import check_pred_field, check_probability, current_regions, samples_with_current, vocabulary
-from .runs import RegionRun, attribute_names, claim_output_field, is_current, require_run
+from .run_views import current_regions, samples_with_current
+from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run, settings_digest, update_run
+from .vocabulary import vocabulary
+
+REVIEW_ATTRIBUTES = {"mask_mistakenness": fo.FloatField, "mask_review": fo.StringField}
 
 
 @dataclass
@@ -27,6 +32,7 @@ class MaskReviewSummary:
 
     missing_field: Optional[str]
     scored: int = 0
+    unscorable: int = 0  # reviewed, but no score (the class is not in the vocabulary, ...)
     skipped_scored: int = 0
     suggested: int = 0
     failed: List[tuple] = field(default_factory=list)
@@ -58,23 +64,40 @@ def score_masks(
     candidate boxes where there are some); the vocabulary is ``classes`` or the field's labels.
     """
     run = require_run(samples, label_field, embeddings_field)
-    dataset = samples._dataset
+    dataset = samples._root_dataset
     check_probability("min_missing_score", min_missing_score)
     check_probability("confirmation", confirmation)
     missing_field = (missing_field or default_missing_field(run)) if suggest_missing else None
     if missing_field:
-        check_pred_field(dataset, run, missing_field, overwrite=True)
-    backbone, _, text, index = vocabulary(samples, run, classes, prompt, backbone)
-    path = list_path(samples, run.regions_field)
+        check_name("field", missing_field, "missing_field")
+        check_free(dataset, run, "field", missing_field)
+    paths = attribute_paths(dataset, run.regions_field, run.embeddings_field, REVIEW_ATTRIBUTES)
+    for path in paths.values():
+        check_free(dataset, run, "attribute", path)
+    review = {"classes": sorted(classes) if classes else None, "prompt": prompt, "missing_field": missing_field,
+              "min_missing_score": float(min_missing_score), "confirmation": float(confirmation)}
+    stamp = settings_digest({**review, "run": run.stamp})
     names = attribute_names(run.embeddings_field)
+    if run.mask_review and run.mask_review["settings"] != review and not overwrite:
+        other = current_regions(samples, run).filter_labels(
+            run.regions_field, F(names["mask_review"]).exists() & (F(names["mask_review"]) != stamp))
+        if len(other):
+            changed = {k: (run.mask_review["settings"].get(k), v) for k, v in review.items()
+                       if run.mask_review["settings"].get(k) != v}
+            raise ValueError(f"the masks of {run.describe()} were reviewed with other settings {changed} (old, new): "
+                             "these cannot take effect on regions already scored; pass overwrite=True to rescore")
+    backbone, _, text, index = vocabulary(samples, run, classes, prompt, backbone)
     summary = MaskReviewSummary(missing_field)
     settings = run.settings
     inverter = MaskInverter(backbone, iterations=settings["iterations"], lr=settings["lr"], alpha=settings["alpha"],
                             blocks=settings["blocks"], precision=settings.get("precision", "fp32"))
 
     if missing_field:
-        claim_output_field(dataset, run, missing_field)
-    declare_attributes(dataset, path, {names["mask_mistakenness"]: fo.FloatField})
+        run = claim(dataset, run, "field", [missing_field])
+    run = claim(dataset, run, "attribute", paths.values())
+    run = update_run(dataset, run, set_={"mask_review": {"settings": review, "stamp": stamp}})
+    declare_attributes(dataset, list_path(dataset, run.regions_field),
+                       {names[key]: kind for key, kind in REVIEW_ATTRIBUTES.items()})
     if missing_field and not dataset.has_sample_field(missing_field):
         dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     if missing_field:
@@ -83,23 +106,24 @@ def score_masks(
     view = samples_with_current(samples, run, fields)
     total = len(view)
     for number, sample in enumerate(view.iter_samples(autosave=True, progress=False)):
-        _review_sample(sample, run, inverter, text, index, missing_field, (min_missing_score, confirmation), overwrite,
-                       summary)
+        _review_sample(sample, run, inverter, text, index, missing_field, (min_missing_score, confirmation), stamp,
+                       overwrite, summary)
         if progress:
             progress(number + 1, total)
     return summary
 
 
 def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, missing_field, thresholds: tuple,
-                   overwrite, summary: MaskReviewSummary) -> None:
-    """Score one sample's embedded regions (every region with a mask covers the image for suggestions)."""
+                   stamp: str, overwrite, summary: MaskReviewSummary) -> None:
+    """Score one sample's embedded regions not reviewed with these settings yet (every region with a mask
+    covers the image for suggestions); each reviewed region gets the review's stamp, scored or not."""
     backbone = inverter.backbone
     names = attribute_names(run.embeddings_field)
     regions = regions_of(sample[run.regions_field])
     current = [r for r in regions if is_current(r, run)]
-    todo = {r.id for r in current if overwrite or attribute(r, names["mask_mistakenness"]) is None}
+    todo = {r.id for r in current if overwrite or attribute(r, names["mask_review"]) != stamp}
     summary.skipped_scored += len(current) - len(todo)
-    if not todo and not missing_field:
+    if not todo:
         return
     try:
         image = load_rgb(sample.filepath, min_side=backbone.patch_size)
@@ -124,7 +148,9 @@ def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, 
     for region, score in zip(used, review.mask_mistakenness):
         if region.id in todo:
             region[names["mask_mistakenness"]] = None if np.isnan(score) else float(score)
-            summary.scored += 1
+            region[names["mask_review"]] = stamp
+            summary.scored += not np.isnan(score)
+            summary.unscorable += bool(np.isnan(score))
     if missing_field:
         classes = list(index)
         sample[missing_field] = fo.Detections(detections=[
@@ -133,14 +159,13 @@ def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, 
         summary.suggested += len(review.missing)
 
 
-def find_bad_masks(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD, **scoring):
-    """A patches view of the field's regions, the most likely bad masks first; regions not scored yet
-    are scored first (``scoring``: the arguments of :func:`score_masks`)."""
+def find_bad_masks(samples, label_field: str, embeddings_field: str = defaults.EMBEDDINGS_FIELD):
+    """A patches view of the field's scored regions, the most likely bad masks first. It only reads what
+    :func:`score_masks` stored (run that first); it never computes."""
     run = require_run(samples, label_field, embeddings_field)
     name = attribute_names(run.embeddings_field)["mask_mistakenness"]
-    unscored = current_regions(samples, run).filter_labels(run.regions_field, F(name) == None)  # noqa: E711
-    if len(unscored) or scoring.get("overwrite"):
-        score_masks(samples, label_field, embeddings_field, **scoring)
+    if not run.mask_review:
+        raise ValueError(f"the masks of {run.describe()} have not been reviewed: run score_masks first")
     patches = samples.filter_labels(run.regions_field, F(name) != None).to_patches(run.regions_field)  # noqa: E711
     return patches.sort_by(F(f"{run.regions_field}.{name}"), reverse=True)
 
@@ -150,6 +175,6 @@ def find_missing_regions(samples, label_field: str, embeddings_field: str = defa
     """A patches view of the suggested missing regions, the most confident first (needs score_masks)."""
     run = require_run(samples, label_field, embeddings_field)
     missing_field = missing_field or default_missing_field(run)
-    if missing_field not in run.pred_fields or not samples._dataset.has_sample_field(missing_field):
+    if missing_field not in run.pred_fields or not samples._root_dataset.has_sample_field(missing_field):
         raise ValueError(f"no suggested regions {missing_field!r} of {run.describe()}: run score_masks first")
     return samples.to_patches(missing_field).sort_by(F(f"{missing_field}.confidence"), reverse=True)

@@ -15,6 +15,10 @@ from ..core.backbone import Backbone, load_backbone
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter, check_method
 from . import heatmaps as heatmap_store
+from . import leases
+from .adoption import adopt_region_runs
+from .arguments import check_count, check_shard
+from .ownership import check_free, check_name, claim, release, set_role
 from .prefetch import prefetched
 from .regions import (
     LabelError,
@@ -22,32 +26,27 @@ from .regions import (
     declare_attributes,
     derive_segmentation_regions,
     is_crowd,
+    label_type,
     list_path,
     region_mask,
-    regions_field_for,
     regions_of,
 )
 from .runs import (
-    BRAIN_RUN_ATTRIBUTES,
     REVIEW_ATTRIBUTES,
     RegionRun,
     attribute_names,
+    attribute_paths,
     find_run,
     is_current,
-    list_region_runs,
     make_settings,
-    save_run,
-    start_run,
+    new_run,
+    restart_run,
 )
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
-
-# Names a region label uses for its own data (FiftyOne's label fields, COCO's, and this package's).
-RESERVED_NAMES = (
-    set(fo.Detection._fields_ordered) | set(fo.Polyline._fields_ordered)
-    | {"id", "_id", "_cls", "iscrowd", "area", "source_field", "mi_original_label"}
-)
+INVERSION_ATTRIBUTES = {"embedding": fo.VectorField, "dice": fo.FloatField, "iou": fo.FloatField,
+                        "error": fo.StringField, "run": fo.StringField}  # the embedding as a VectorField: brain indexes it
 
 
 @dataclass
@@ -60,8 +59,10 @@ class RegionRunSummary:
     heatmaps_dataset: str = ""
     computed: int = 0
     recomputed_stale: int = 0  # of computed: regions that held an embedding of other settings
+    recomputed_missing_heatmap: int = 0  # of computed: finished regions whose heatmap had been lost
     skipped_existing: int = 0
     skipped_crowd: int = 0
+    skipped_other_worker: int = 0  # regions another process was computing at the same time
     failed: List[tuple] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
@@ -70,12 +71,15 @@ class RegionRunSummary:
     def describe(self) -> str:
         where = f"{self.regions_field}.{self.embeddings_field}"
         lines = [
-            f"computed {self.computed} (of which stale, recomputed: {self.recomputed_stale}), skipped (already "
+            f"computed {self.computed} (of which stale, recomputed: {self.recomputed_stale}; heatmap lost, "
+            f"recomputed: {self.recomputed_missing_heatmap}), skipped (already "
             f"done) {self.skipped_existing}, skipped (crowd) {self.skipped_crowd}, failed {len(self.failed)} "
             f"in {self.seconds:.1f} s over {self.samples} samples",
             f"embeddings, dice, iou: label attributes {where}, {where}_dice, {where}_iou; "
             f"heatmaps: dataset {self.heatmaps_dataset!r}",
         ]
+        if self.skipped_other_worker:
+            lines.append(f"skipped {self.skipped_other_worker} regions another process was computing at the same time")
         if self.outdated_brain_runs:
             lines.append(f"brain runs {self.outdated_brain_runs} no longer covered every region and were removed: "
                          "rebuild them with build_region_index / visualize_regions")
@@ -101,101 +105,124 @@ def compute_region_embeddings(
     backbone: Optional[Backbone] = None,
     shard: Optional[tuple] = None,
     progress: Optional[Progress] = None,
+    regions_field: Optional[str] = None,
 ) -> RegionRunSummary:
     """Compute a localized embedding, heatmap and Dice/IoU for every region label of ``label_field``.
 
     ``label_field`` is a Detections (instance masks or boxes), Polylines or Segmentation field (whose
-    classes become regions in the derived Detections field ``<label_field>_regions``; every later step
-    accepts the Segmentation field's own name). Results go on each region label: ``<embeddings_field>``
+    classes become regions in the derived Detections field ``regions_field``, by default
+    ``<label_field>_regions``; every later step accepts the Segmentation field's own name). Results go on each region label: ``<embeddings_field>``
     (a declared VectorField), ``_dice`` / ``_iou`` (fidelity of the final map), ``_error`` (why a region
     has none) and ``_run`` (the digest of the settings that made it); heatmaps go to the companion
     dataset (see ``heatmaps``). Regions holding an embedding of the current settings are skipped unless
-    ``overwrite``, so a killed run resumes and recomputes exactly the stale ones. ``shard=(i, k)``
+    ``overwrite``, so a killed run resumes and recomputes exactly the stale ones (and the finished ones
+    whose heatmap was lost). Every name the run writes is claimed by its record first (see
+    :mod:`.ownership`): a name holding someone else's data is refused. ``shard=(i, k)``
     processes the i-th of k disjoint slices of the samples. ``backbone`` replaces
     model_name/pretrained/image_size with an already loaded model. ``precision`` ("fp32", "bf16-mixed",
     "auto") is recorded resolved, so workers on other hardware cannot mix two. Every argument is checked before
     anything is written; the run's settings are recorded only once it starts.
     """
     start = time.perf_counter()
-    dataset = samples._dataset
-    regions_field = regions_field_for(samples, label_field)
+    dataset = samples._root_dataset
     check_method(iterations, lr, alpha)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    shard_view = _shard(samples, shard)
-    _check_embeddings_field(samples, regions_field, embeddings_field, find_run(samples, label_field, embeddings_field))
+    check_count("batch_size", batch_size)
+    shard_view = samples if shard is None else _shard(samples, check_shard(shard))
+    check_name("attribute", embeddings_field, "embeddings_field")
+    segmentation = label_type(samples, label_field) is fo.Segmentation
+    if regions_field is not None and not segmentation:
+        raise ValueError(f"regions_field is for Segmentation fields; {label_field!r} holds its regions itself")
+    if regions_field is not None:
+        check_name("field", regions_field, "regions_field")
+    if backbone is None and not pretrained:
+        raise ValueError(
+            "random weights (pretrained=None) cannot be used for a dataset run: every process would draw "
+            "other weights, so shards, resumes and later steps would mix models. Pass an open_clip tag, "
+            "a checkpoint file (save a model with torch.save(model.state_dict(), path)), or backbone="
+        )
+    dataset.reload()  # see what other processes added (fields, brain runs) before checking names
+    adopt_region_runs(dataset)  # an explicit step: a clone's runs become this dataset's before anything else
+    run = find_run(dataset, label_field, embeddings_field)
+    regions_field = _regions_field(label_field, regions_field, run, segmentation)
+    paths = attribute_paths(dataset, regions_field, embeddings_field)
+    for name in paths.values():
+        check_free(dataset, run, "attribute", name)
+    if segmentation:
+        check_free(dataset, run, "field", regions_field, label_field=label_field)
     if backbone is None:
-        if not pretrained:
-            raise ValueError(
-                "random weights (pretrained=None) cannot be used for a dataset run: every process would draw "
-                "other weights, so shards, resumes and later steps would mix models. Pass an open_clip tag, "
-                "a checkpoint file (save a model with torch.save(model.state_dict(), path)), or backbone="
-            )
         backbone = load_backbone(model_name, pretrained=pretrained, image_size=image_size, device=device)
     inverter = MaskInverter(backbone, iterations=iterations, lr=lr, alpha=alpha, blocks=blocks, precision=precision)
-
-    heatmap_store.delete_orphaned_heatmaps()
     settings = make_settings(backbone, iterations=iterations, lr=float(lr), alpha=float(alpha), blocks=inverter.blocks,
                              precision=inverter.precision)
-    run = start_run(samples, label_field, regions_field, embeddings_field, settings, overwrite)
+    if run is not None and run.settings != settings:
+        if not overwrite:
+            changed = {k: (run.settings.get(k), v) for k, v in settings.items() if run.settings.get(k) != v}
+            raise ValueError(
+                f"{run.describe()} of {dataset.name!r} was computed with other settings {changed} (old, new); "
+                "pass overwrite=True to recompute every region, or choose another embeddings_field")
+
+    heatmap_store.delete_orphaned_heatmaps()
+    if run is None:
+        run = new_run(dataset, label_field, regions_field, embeddings_field, settings)
+    elif run.settings != settings:
+        run = restart_run(dataset, run, settings)
+    summary = RegionRunSummary(label_field, regions_field, embeddings_field)
     if run.derived:
-        derive_segmentation_regions(shard_view, label_field)  # each worker derives its own shard
+        run = claim(dataset, run, "field", [regions_field], label_field=label_field)
+        summary.failed += [(sample_id, None, reason) for sample_id, reason in
+                           derive_segmentation_regions(shard_view, label_field, regions_field)]
     names = attribute_names(embeddings_field)
-    declare_attributes(dataset, list_path(samples, regions_field), {
-        names["embedding"]: fo.VectorField, names["dice"]: fo.FloatField, names["iou"]: fo.FloatField,
-        names["error"]: fo.StringField, names["run"]: fo.StringField})  # the embedding as a VectorField: brain indexes it
+    run = claim(dataset, run, "attribute", [paths[key] for key in INVERSION_ATTRIBUTES])
+    declare_attributes(dataset, list_path(dataset, regions_field),
+                       {names[key]: kind for key, kind in INVERSION_ATTRIBUTES.items()})
     companion = heatmap_store.heatmaps_dataset(dataset, create=True)
+    summary.heatmaps_dataset = companion.name
+    with_heatmaps = heatmap_store.labels_with_heatmaps(dataset, regions_field, embeddings_field)
 
     view = shard_view.select_fields(regions_field)
-    summary = RegionRunSummary(label_field, regions_field, embeddings_field, heatmaps_dataset=companion.name)
     total = len(view)
-    prepare = functools.partial(_prepare, run=run, overwrite=overwrite, include_crowd=include_crowd,
-                                min_side=backbone.patch_size)
+    pending = functools.partial(_pending, run=run, overwrite=overwrite, include_crowd=include_crowd,
+                                with_heatmaps=with_heatmaps)
+    prepare = functools.partial(_prepare, pending=pending, min_side=backbone.patch_size)
     ahead = prefetched(view.iter_samples(progress=False), prepare)  # a second, read-only pass, same order
+    group = []  # one database batch of samples, inverted in one call (several images per chunk where they fit)
+    write = functools.partial(_invert_and_write, view=view, run=run, inverter=inverter, companion=companion,
+                              summary=summary, progress=progress, total=total)
     try:
-        for index, sample in enumerate(view.iter_samples(autosave=True, batch_size=batch_size, progress=False)):
+        for sample in view.iter_samples(progress=False):
             prepared = next(ahead, None)
             if prepared is None or prepared.sample_id != sample.id:  # the passes disagree: prepare it here
                 prepared = prepare(sample)
-            _process_sample(sample, prepared, run, inverter, companion, overwrite, include_crowd, summary)
-            summary.samples += 1
-            if progress:
-                progress(index + 1, total)
+            if prepared.masks or prepared.image_error:
+                if not leases.take(run.doc_id, [sample.id]):
+                    summary.skipped_other_worker += len(prepared.masks)  # another process is computing them
+                    summary.samples += 1
+                    continue
+                sample = view[sample.id]  # as stored now: another process may have written it since it was read
+                with_heatmaps.update(heatmap_store.labels_with_heatmaps(
+                    dataset, regions_field, embeddings_field, [r.id for r in regions_of(sample[regions_field])]))
+            group.append(_gather(sample, prepared, run, pending, summary))
+            if len(group) == batch_size:
+                write(group)
+        write(group)
     finally:
         ahead.close()
+        leases.give_back(run.doc_id, [work.sample.id for work in group])
     if summary.computed:
-        summary.outdated_brain_runs = _drop_outdated_brain_runs(dataset, run)
+        summary.outdated_brain_runs = _drop_outdated_brain_runs(dataset, find_run(dataset, label_field, embeddings_field))
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _check_embeddings_field(samples, regions_field: str, embeddings_field: str, run: Optional[RegionRun]) -> None:
-    """Refuse a name that would write over data a label already holds (its own fields, another run's
-    attributes, any attribute this run did not write)."""
-    if not isinstance(embeddings_field, str) or not embeddings_field.isidentifier() or embeddings_field.startswith("_"):
-        raise ValueError(f"embeddings_field {embeddings_field!r} must be a plain attribute name (letters, digits, "
-                         "underscores; no dots; not starting with '_')")
-    names = set(attribute_names(embeddings_field).values())
-    clash = sorted(names & RESERVED_NAMES)
-    if clash:
-        raise ValueError(f"embeddings_field {embeddings_field!r} would write the label's own field(s) {clash}")
-    for other in list_region_runs(samples):
-        if other.regions_field != regions_field or (run is not None and other.key == run.key):
-            continue
-        clash = sorted(names & set(attribute_names(other.embeddings_field).values()))
-        if clash:
-            raise ValueError(f"embeddings_field {embeddings_field!r} would overwrite {clash}, written by the run "
-                             f"of {other.embeddings_field!r} on {regions_field!r}")
-    if run is not None or not samples._dataset.has_sample_field(regions_field):
-        return
-    from fiftyone import ViewField as F
-
-    path = list_path(samples, regions_field)
-    for name in sorted(names):
-        if samples._dataset.has_field(f"{path}.{name}") or len(
-                samples.filter_labels(regions_field, F(name).exists(), only_matches=True).limit(1)):
-            raise ValueError(f"labels of {regions_field!r} already hold an attribute {name!r} that no "
-                             f"MaskInversion run wrote; choose another embeddings_field")
+def _regions_field(label_field: str, asked: Optional[str], run: Optional[RegionRun], segmentation: bool) -> str:
+    """Where the regions live: the field itself, or a Segmentation's derived field (the run's, else the one
+    asked for, else ``<label_field>_regions``)."""
+    if not segmentation:
+        return label_field
+    if run is not None and asked is not None and asked != run.regions_field:
+        raise ValueError(f"{run.describe()} keeps its regions in {run.regions_field!r}; pass that regions_field "
+                         "(or none), or choose another embeddings_field")
+    return run.regions_field if run is not None else asked or f"{label_field}_regions"
 
 
 @dataclass
@@ -209,23 +236,26 @@ class PreparedSample:
     masks: dict = field(default_factory=dict)
 
 
-def _pending(sample, run: RegionRun, overwrite: bool, include_crowd: bool) -> tuple:
-    """(regions to compute, regions holding the current settings' results, crowd regions skipped)."""
-    pending, done, crowd = [], [], []
+def _pending(sample, run: RegionRun, overwrite: bool, include_crowd: bool, with_heatmaps: set) -> tuple:
+    """(regions to compute, regions holding the current settings' results and their heatmap, crowd regions
+    skipped, how many of the regions to compute are finished but lost their heatmap)."""
+    pending, done, crowd, lost = [], [], [], 0
     for region in regions_of(sample[run.regions_field]):
-        if is_current(region, run) and not overwrite:
+        current = is_current(region, run)
+        lost += current and region.id not in with_heatmaps
+        if current and not overwrite and region.id in with_heatmaps:
             done.append(region)
         elif is_crowd(region) and not include_crowd:
             crowd.append(region)
         else:
             pending.append(region)
-    return pending, done, crowd
+    return pending, done, crowd, lost
 
 
-def _prepare(sample, run: RegionRun, overwrite: bool, include_crowd: bool, min_side: int) -> PreparedSample:
+def _prepare(sample, pending: Callable, min_side: int) -> PreparedSample:
     """Decode the image and rasterise the masks of a sample's pending regions (runs in the prefetch thread)."""
     prepared = PreparedSample(sample.id)
-    pending, _, _ = _pending(sample, run, overwrite, include_crowd)
+    pending = pending(sample)[0]
     if not pending:
         return prepared
     try:
@@ -241,84 +271,115 @@ def _prepare(sample, run: RegionRun, overwrite: bool, include_crowd: bool, min_s
     return prepared
 
 
-def _process_sample(sample, prepared: PreparedSample, run: RegionRun, inverter, companion, overwrite,
-                    include_crowd, summary) -> None:
-    """Invert every pending region of one sample; heatmaps are stored before the labels are saved."""
+@dataclass
+class _Work:
+    """One sample's part of a group: its regions to invert with their masks, and those that failed already."""
+
+    sample: object
+    image: object = None
+    regions: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # (region, reason)
+
+
+def _gather(sample, prepared: PreparedSample, run: RegionRun, pending: Callable, summary) -> _Work:
+    """Sort one sample's regions: skipped (done, crowd), failed before inversion (no image, no mask), to invert."""
     names = attribute_names(run.embeddings_field)
-    container = sample[run.regions_field]
-    pending, done, crowd = _pending(sample, run, overwrite, include_crowd)
+    todo, done, crowd, lost = pending(sample)
     summary.skipped_existing += len(done)
     summary.skipped_crowd += len(crowd)
     for region in crowd:
         region[names["error"]] = "crowd region (iscrowd=1) skipped; pass include_crowd=True to embed it"
-    summary.recomputed_stale += sum(attribute(r, names["embedding"]) is not None for r in pending)
-    if not pending:
-        return
-    failed, regions, masks = [], [], []
-    for region in pending:
+    summary.recomputed_stale += sum(attribute(r, names["embedding"]) is not None and not is_current(r, run)
+                                    for r in todo)
+    summary.recomputed_missing_heatmap += lost
+    work = _Work(sample, prepared.image)
+    for region in todo:
         for key in REVIEW_ATTRIBUTES:  # they described the embedding about to be replaced
             if attribute(region, names[key]) is not None:
                 region[names[key]] = None
         mask = prepared.image_error or prepared.masks.get(region.id)
         if isinstance(mask, (str, Exception)) or mask is None:
-            failed.append((region, str(mask) if mask is not None else "the region changed while the run read it"))
+            work.failed.append((region, str(mask) if mask is not None else "the region changed while the run read it"))
         else:
-            regions.append(region)
-            masks.append(mask)
+            work.regions.append(region)
+            work.masks.append(mask)
+    return work
+
+
+def _invert_and_write(group: List[_Work], view, run: RegionRun, inverter, companion, summary, progress, total) -> None:
+    """Invert the regions of a group of samples in one call, store their heatmaps, save the samples in one
+    batch, then return their leases."""
+    inverted = [work for work in group if work.regions]
+    results = inverter.invert_many([(work.image, work.masks) for work in inverted]) if inverted else []
+    for work, result in zip(inverted, results):
+        _write(work, result, run, inverter.backbone.grid_size, companion, summary)
+    with view.save_context(batch_size=max(len(group), 1)) as saver:
+        for work in group:
+            _record_failures(work, run, companion, summary)
+            saver.save(work.sample)
+    for work in group:
+        summary.samples += 1
+        if progress:
+            progress(summary.samples, total)
+    leases.give_back(run.doc_id, [work.sample.id for work in group])
+    group.clear()
+
+
+def _write(work: _Work, result, run: RegionRun, grid: int, companion, summary) -> None:
+    """Put one sample's inversion results on its labels; its heatmaps go to the companion first."""
+    names = attribute_names(run.embeddings_field)
+    container = work.sample[run.regions_field]
     new_heatmaps = []
-    if regions:
-        result = inverter.invert(prepared.image, masks)
-        for k, region in enumerate(regions):
-            if not result.valid[k]:
-                failed.append((region, result.errors[k]))
-                continue
-            fidelity = {"dice": float(result.dice[k]), "iou": float(result.iou[k])}
-            region[names["embedding"]] = result.embeddings[k]
-            region[names["dice"]], region[names["iou"]] = fidelity["dice"], fidelity["iou"]
-            region[names["error"]] = None
-            region[names["run"]] = run.settings_id
-            heatmap = heatmap_store.heatmap_label(result.heatmaps[k], inverter.backbone.grid_size)
-            new_heatmaps.append(heatmap_store.region_sample(
-                sample, region, container, run.regions_field, run.embeddings_field, heatmap, fidelity))
-            summary.computed += 1
+    for k, region in enumerate(work.regions):
+        if not result.valid[k]:
+            work.failed.append((region, result.errors[k]))
+            continue
+        fidelity = {"dice": float(result.dice[k]), "iou": float(result.iou[k])}
+        region[names["embedding"]] = result.embeddings[k]
+        region[names["dice"]], region[names["iou"]] = fidelity["dice"], fidelity["iou"]
+        region[names["error"]] = None
+        region[names["run"]] = run.stamp
+        new_heatmaps.append(heatmap_store.region_sample(
+            work.sample, region, container, run.regions_field, run.embeddings_field,
+            heatmap_store.heatmap_label(result.heatmaps[k], grid), fidelity))
+        summary.computed += 1
     heatmap_store.replace_region_samples(companion, run.regions_field, run.embeddings_field, new_heatmaps)
-    for region, reason in failed:
+
+
+def _record_failures(work: _Work, run: RegionRun, companion, summary) -> None:
+    """Say on each failed region why it has no embedding, and drop an earlier run's heatmap of it."""
+    names = attribute_names(run.embeddings_field)
+    sample = work.sample
+    for region, reason in work.failed:
         for key in ("embedding", "dice", "iou"):
             region[names[key]] = None
-        region[names["error"]], region[names["run"]] = reason, run.settings_id
+        region[names["error"]], region[names["run"]] = reason, run.stamp
         summary.failed.append((sample.id, region.id, reason))
         logger.warning("sample %s (%s), label %s: %s", sample.id, sample.filepath, region.id, reason)
-    if failed:  # an earlier run's heatmap of a region that now has no embedding must not stay
+    if work.failed:
         heatmap_store.forget_region_samples(companion, run.regions_field, run.embeddings_field,
-                                            [region.id for region, _ in failed])
+                                            [region.id for region, _ in work.failed])
 
 
 def _drop_outdated_brain_runs(dataset, run: RegionRun) -> List[str]:
     """Remove the run's similarity index and layout (they lack the new embeddings); returns their keys."""
     dropped = []
-    for attr in BRAIN_RUN_ATTRIBUTES:
-        key = getattr(run, attr)
+    for role in ("brain_key", "visualization_key"):
+        key = run.roles.get(role)
         if key:
             if key in dataset.list_brain_runs():
                 dataset.delete_brain_run(key)
-            setattr(run, attr, None)
+            run = release(dataset, set_role(dataset, run, role, None), "brain_key", [key])
             dropped.append(key)
     if dropped:
-        save_run(dataset, run)
         logger.warning("brain runs %s no longer cover every region of %s and were removed; rebuild them with "
                        "build_region_index / visualize_regions", dropped, run.describe())
     return dropped
 
 
-def _shard(samples, shard: Optional[tuple]):
+def _shard(samples, shard: tuple):
     """The i-th of k disjoint, covering slices of the samples (by sorted sample id)."""
-    if shard is None:
-        return samples
-    try:
-        index, count = (int(part) for part in shard)
-    except (TypeError, ValueError):
-        raise ValueError(f"shard must be a pair (i, k) of integers, got {shard!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard ({index}, {count}): need k >= 1 and 0 <= i < k")
+    index, count = shard
     ids = sorted(samples.values("id"))
     return samples.select(ids[index::count], ordered=True)

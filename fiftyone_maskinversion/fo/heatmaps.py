@@ -6,9 +6,12 @@ companion dataset ``maskinversion-heatmaps-<dataset id>``: the same image, the r
 its field's name), its heatmap (field ``heatmap``), dice/iou, and the source sample and label ids.
 Samples are keyed by (region field, embeddings field, label id): each run owns its own heatmaps.
 
-The companion follows its dataset: it is named by the dataset's id (a rename keeps it), a clone
-copies the heatmaps of its labels on first use (see ``runs.find_run``), and a companion whose dataset
-was deleted is removed by :func:`delete_orphaned_heatmaps` (called by every compute).
+The companion follows its dataset: it is named by the dataset's id (a rename keeps it), a clone gets
+the heatmaps of its labels when its runs are adopted (see :mod:`.adoption`), and it lives exactly as
+long as its dataset: it is always persistent (so FiftyOne's clean-up of non-persistent datasets never
+takes it from a dataset made persistent later) and is deleted with its dataset's last run, or by
+:func:`delete_orphaned_heatmaps` (called by every compute) once its dataset is gone. A finished label
+whose heatmap is missing is recomputed by the next compute.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def heatmaps_dataset(dataset: fo.Dataset, create: bool = False) -> Optional[fo.D
     except ValueError:  # another worker created it meanwhile
         return fo.load_dataset(name)
     companion.media_type = "image"  # set while empty: concurrent workers then agree on it
-    companion.persistent = dataset.persistent
+    companion.persistent = True  # removed with its dataset, never by FiftyOne's clean-up (module docstring)
     companion.app_config.active_fields = fo.ActiveFields(paths=["heatmap"])  # shown without a click
     for name_ in ("source_label_id", "source_field", "embeddings_field"):
         companion.add_sample_field(name_, fo.StringField)
@@ -169,8 +172,17 @@ def copy_for_clone(source_dataset_id: str, dataset: fo.Dataset, field_name: str,
     return len(copies)
 
 
+def labels_with_heatmaps(dataset: fo.Dataset, field_name: str, embeddings_field: str,
+                         label_ids: Optional[Iterable[str]] = None) -> set:
+    """The label ids of a run (of ``label_ids``, or all) that have a heatmap in the companion."""
+    companion = heatmaps_dataset(dataset)
+    return set() if companion is None else set(
+        _of_run(companion, field_name, embeddings_field, label_ids).values("source_label_id"))
+
+
 def delete_orphaned_heatmaps() -> List[str]:
-    """Delete companions whose dataset no longer exists (and that no clone still has to copy from)."""
+    """Delete companions whose dataset no longer exists (and that no clone still has to copy from);
+    parallel callers may race for the same orphan: whoever deletes it first reports it."""
     conn = foo.get_db_conn()
     alive = {str(i) for i in conn.datasets.distinct("_id")}
     pending = {str(doc["config"].get("dataset_id")) for doc in conn.runs.find(
@@ -179,6 +191,9 @@ def delete_orphaned_heatmaps() -> List[str]:
     for name in fo.list_datasets(glob_patt=f"{PREFIX}*"):
         owner = name[len(PREFIX):]
         if owner not in alive and owner not in pending:
-            fo.delete_dataset(name)
+            try:
+                fo.delete_dataset(name)
+            except ValueError:  # another process deleted it meanwhile
+                continue
             deleted.append(name)
     return deleted

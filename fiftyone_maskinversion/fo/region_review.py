@@ -3,7 +3,7 @@
 For a region (label id) of a user's dataset and one of the runs that embedded it: the region's label
 and tags, its heatmap from the companion dataset, the inversion's Dice/IoU, the latest relabel's
 prediction and top-k, class mistakenness, mask mistakenness with its components and reason, the label
-before an applied relabel, and the run's settings; plus what to run where something is missing.
+before the latest applied relabel, and the run's settings; plus what to run where something is missing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from fiftyone import ViewField as F
 from . import heatmaps as heatmap_store
 from .preview import mask_at_image_size
 from .regions import attribute, list_path, regions_of
-from .relabel import ORIGINAL_LABEL
 from .runs import RegionRun, attribute_names, is_current, list_region_runs
 
 REVIEW_TAGS = ("mi:wrong-class", "mi:bad-mask", "mi:ok")  # a curator's verdict, as FiftyOne label tags
@@ -45,7 +44,7 @@ class RegionReview:
     mask_mistakenness: Optional[float] = None
     mask_components: Dict[str, float] = field(default_factory=dict)
     mask_reason: Optional[str] = None
-    original_label: Optional[str] = None
+    relabelled_from: Optional[str] = None  # the label before the latest applied relabel (what Undo restores)
     heatmap: Optional[np.ndarray] = None  # uint8 map from the companion, stretched over the image when drawn
     mask: Optional[np.ndarray] = None  # H x W bool, the region at image resolution
 
@@ -98,7 +97,7 @@ def review_region(dataset: fo.Dataset, label_id: str, embeddings_field: Optional
         filepath=sample.filepath, run=run, current=is_current(region, run), dice=value("dice"), iou=value("iou"),
         predicted_label=value("predicted_label"), mistakenness=value("mistakenness"),
         low_fidelity=value("low_fidelity"), mask_mistakenness=value("mask_mistakenness"),
-        original_label=attribute(region, ORIGINAL_LABEL)
+        relabelled_from=(value("relabel_from") or [None])[-1],
     )
     review.topk = list(zip(value("topk_labels") or [], value("topk_scores") or []))
     review.mask_components, review.mask_reason = _mask_components(dataset, region, name, run)

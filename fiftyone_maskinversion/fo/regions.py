@@ -10,7 +10,7 @@ COCO crowd regions (``iscrowd`` = 1) cover several objects at once; they are ski
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import List, Optional
 
 import fiftyone as fo
 import numpy as np
@@ -28,12 +28,12 @@ class LabelError(ValueError):
 
 def label_type(samples, label_field: str):
     """The label class of a field; raises ValueError naming the field if it is not supported."""
-    field = samples.get_field(label_field)
+    field = samples._root_dataset.get_field(label_field)
     doc_type = getattr(field, "document_type", None)
     if doc_type not in SUPPORTED_TYPES:
         found = doc_type.__name__ if doc_type else type(field).__name__ if field else "no such field"
         raise ValueError(
-            f"field {label_field!r} of {samples._dataset.name!r} holds {found}; "
+            f"field {label_field!r} of {samples._root_dataset.name!r} holds {found}; "
             "supported: Detections, Polylines, Segmentation"
         )
     return doc_type
@@ -65,11 +65,17 @@ def region_mask(region, width: int, height: int) -> np.ndarray:
     if isinstance(region, fo.Polyline):
         if not region.points or not any(len(shape) >= 3 for shape in region.points):
             raise LabelError("polyline has no shape with at least 3 points")
-        if polygon_area(region.points, width, height) < 1.0:
+        def raster(filled: bool) -> np.ndarray:
+            shape = fo.Polyline(points=region.points, closed=True, filled=filled)
+            return shape.to_segmentation(frame_size=(width, height), target=255).mask > 0
+
+        mask = raster(True)
+        # judged on the raster, not on signed areas (a self-intersecting polygon's cancel): some pixel must be
+        # inside the outline, not only on it
+        if not (mask & ~raster(False)).any():
             raise LabelError("polyline encloses no area (its points are collinear or repeated, or it is "
                              "smaller than one pixel)")
-        filled = fo.Polyline(points=region.points, closed=True, filled=True)
-        return filled.to_segmentation(frame_size=(width, height), target=255).mask > 0
+        return mask
     box = region.bounding_box
     if region.has_mask:
         try:
@@ -81,43 +87,33 @@ def region_mask(region, width: int, height: int) -> np.ndarray:
     return box_mask(box, width, height)
 
 
-def polygon_area(points: list, width: int, height: int) -> float:
-    """Total area in pixels of a polyline's shapes as filled polygons (shoelace formula)."""
-    total = 0.0
-    for shape in points:
-        if len(shape) < 3:
-            continue
-        xy = np.asarray(shape, dtype=np.float64) * (width, height)
-        x, y = xy[:, 0], xy[:, 1]
-        total += 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-    return total
-
-
-def regions_field_for(samples, label_field: str) -> str:
-    """Where a field's regions live: the field itself, or the Detections derived from a Segmentation."""
-    return f"{label_field}_regions" if label_type(samples, label_field) is fo.Segmentation else label_field
-
-
-def derive_segmentation_regions(samples, label_field: str) -> str:
-    """Write a Detections field with one region per class present in each semantic mask; returns its name.
+def derive_segmentation_regions(samples, label_field: str, regions_field: str) -> List[tuple]:
+    """Write ``regions_field``: one Detection per class present in each semantic mask of ``label_field``;
+    returns the samples that failed as (sample id, reason) - an unreadable mask is reported, the rest runs.
 
     Samples whose derived field is already set keep it, so the region ids (and anything computed on
     them) are stable across runs. Class names come from the dataset's mask targets when defined; a
     value the targets do not name becomes a region labelled by its value, with a warning naming it.
     """
-    regions_field = regions_field_for(samples, label_field)
-    dataset = samples._dataset
+    dataset = samples._root_dataset
     targets = dataset.mask_targets.get(label_field) or dataset.default_mask_targets or None
     if not dataset.has_sample_field(regions_field):
         dataset.add_sample_field(regions_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    for sample in samples.select_fields([label_field, regions_field]).iter_samples(autosave=True):
+    failed = []
+    for sample in samples.select_fields([label_field, regions_field]).iter_samples(autosave=True, progress=False):
         if sample[regions_field] is not None or sample[label_field] is None:
             continue
-        detections = sample[label_field].to_detections(mask_targets=_complete_targets(sample, label_field, targets))
+        try:
+            detections = sample[label_field].to_detections(mask_targets=_complete_targets(sample, label_field, targets))
+        except (OSError, ValueError) as err:
+            reason = f"cannot read the segmentation mask of {label_field!r}: {err}"
+            logger.warning("sample %s (%s): %s", sample.id, sample.filepath, reason)
+            failed.append((sample.id, reason))
+            continue
         for det in detections.detections:
             det["source_field"] = label_field
         sample[regions_field] = detections
-    return regions_field
+    return failed
 
 
 def _complete_targets(sample, label_field: str, targets: Optional[dict]) -> Optional[dict]:

@@ -1,10 +1,16 @@
 """Region-embedding runs as FiftyOne custom runs: one per (dataset, label field, embeddings field).
 
 A run's record holds the settings that decide its embeddings (model identity, weights digest,
-activation, method), their digest ``settings_id`` (also stored on every label the run embedded, so a
-resumed or overwritten run knows which labels are current), where its regions live (the label field,
-or the Detections field derived from a Segmentation field), the dataset it was computed on (a clone
-has another id) and the outputs it owns (prediction fields, brain index).
+activation, method) and their digest ``settings_id``, a ``run_uid`` drawn when the run was first
+started (labels carry ``<run_uid>.<settings_id>``, the run's *stamp*, so a label says which run and
+which settings made it, and a clone's labels say where they came from), where its regions live (the
+label field, or the Detections field derived from a Segmentation field), the dataset it was computed
+on (a dataset clone copies the record under another dataset id) and every name it owns (see
+:mod:`.ownership`).
+
+Records are read straight from the database and every change is one atomic update of one record
+(never a rewrite from an in-memory copy), so processes that add outputs to one run at once keep each
+other's. Reading a record never writes anything.
 """
 
 from __future__ import annotations
@@ -13,22 +19,26 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import fiftyone.core.odm as foo
+import numpy as np
 
 from ..core.backbone import Backbone, load_backbone
-from . import heatmaps as heatmap_store
-from .regions import attribute, list_path, regions_field_for
+from .regions import REGION_TYPES, label_type, list_path
 
 METHOD = "maskinversion"
-BRAIN_RUN_ATTRIBUTES = ("brain_key", "visualization_key")  # the brain runs a run owns
+TEXT_CACHE = "config.text_cache"  # class text embeddings of recent vocabularies (see vocabulary); never loaded whole
+TEXT_CACHE_KEEP = 4
+OWNED_KINDS = ("attribute", "field", "brain_key")  # what a run can own (see ownership)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegionRun:
-    """The record of one run (see module docstring)."""
+    """A snapshot of one run's record (see module docstring); change it only through this module."""
 
     key: str
     label_field: str
@@ -36,16 +46,39 @@ class RegionRun:
     embeddings_field: str
     settings: dict
     settings_id: str
+    run_uid: str
     dataset_id: str
-    pred_fields: List[str] = field(default_factory=list)
-    brain_key: Optional[str] = None  # similarity index (build_region_index)
-    visualization_key: Optional[str] = None  # 2-D layout (visualize_regions)
+    owned: Dict[str, List[str]] = field(default_factory=dict)
+    roles: Dict[str, str] = field(default_factory=dict)  # role -> owned name (brain_key, visualization_key)
+    mask_review: Optional[dict] = None  # the settings of the latest score_masks
     version: str = ""
+    doc_id: object = None
 
     @property
     def derived(self) -> bool:
         """Whether the regions live in a Detections field derived from a Segmentation field."""
         return self.regions_field != self.label_field
+
+    @property
+    def stamp(self) -> str:
+        """What every label embedded by this run with its current settings holds in ``<embeddings>_run``."""
+        return f"{self.run_uid}.{self.settings_id}"
+
+    @property
+    def pred_fields(self) -> List[str]:
+        """The sample fields of predictions and suggestions the run owns (all but its regions field)."""
+        return [f for f in self.owned.get("field", []) if f != self.regions_field]
+
+    @property
+    def brain_key(self) -> Optional[str]:
+        return self.roles.get("brain_key")
+
+    @property
+    def visualization_key(self) -> Optional[str]:
+        return self.roles.get("visualization_key")
+
+    def owns(self, kind: str, name: str) -> bool:
+        return name in self.owned.get(kind, [])
 
     def describe(self) -> str:
         where = f"{self.label_field!r}" + (f" (regions in {self.regions_field!r})" if self.derived else "")
@@ -54,9 +87,10 @@ class RegionRun:
 
 def attribute_names(embeddings_field: str) -> dict:
     """The label attributes one run writes, all prefixed by the embeddings field name: the inversion's
-    (embedding, dice, iou, error, run), the latest zero-shot relabel's (predicted label, top-k,
-    mistakenness, low fidelity) and the mask review's (mask mistakenness), so the App's sidebar filters
-    on the field the user reviews."""
+    (embedding, dice, iou, error, run stamp), the latest zero-shot relabel's (predicted label, top-k,
+    mistakenness, low fidelity), the mask review's (mask mistakenness, the review's stamp) and the
+    relabel history (labels before / after each apply), so the App's sidebar filters on the field
+    the user reviews."""
     return {
         "embedding": embeddings_field,
         "dice": f"{embeddings_field}_dice",
@@ -69,23 +103,36 @@ def attribute_names(embeddings_field: str) -> dict:
         "mistakenness": f"{embeddings_field}_mistakenness",
         "low_fidelity": f"{embeddings_field}_low_fidelity",
         "mask_mistakenness": f"{embeddings_field}_mask_mistakenness",
+        "mask_review": f"{embeddings_field}_mask_review",
+        "relabel_from": f"{embeddings_field}_relabel_from",
+        "relabel_to": f"{embeddings_field}_relabel_to",
     }
+
+
+def attribute_paths(samples, regions_field: str, embeddings_field: str, keys=None) -> dict:
+    """key -> full path (``field.detections.name``) of the run's label attributes (a regions field not
+    created yet holds Detections)."""
+    dataset = samples._root_dataset
+    path = list_path(dataset, regions_field) if dataset.has_sample_field(regions_field) else f"{regions_field}.detections"
+    names = attribute_names(embeddings_field)
+    return {key: f"{path}.{names[key]}" for key in (keys or names)}
 
 
 # the attributes that describe one embedding: cleared whenever a region's embedding is recomputed
 REVIEW_ATTRIBUTES = ("predicted_label", "topk_labels", "topk_scores", "mistakenness", "low_fidelity",
-                     "mask_mistakenness")
+                     "mask_mistakenness", "mask_review")
 
 
 def is_current(region, run: RegionRun) -> bool:
     """Whether a region holds an embedding of the run's current settings (the Python twin of
-    ``relabel.current_regions``, which filters a view the same way)."""
+    ``run_views.current_regions``, which filters a view the same way)."""
     names = attribute_names(run.embeddings_field)
-    return attribute(region, names["embedding"]) is not None and attribute(region, names["run"]) == run.settings_id
+    return (region.get_attribute_value(names["embedding"], None) is not None
+            and region.get_attribute_value(names["run"], None) == run.stamp)
 
 
 def settings_digest(settings: dict) -> str:
-    """A short digest of the settings that decide the embeddings (stored on every label embedded)."""
+    """A short digest of the settings that decide the embeddings."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -105,168 +152,189 @@ def make_settings(backbone: Backbone, **method) -> dict:
     }
 
 
+def _collection():
+    return foo.get_db_conn().runs
+
+
+def _from_doc(doc: dict) -> RegionRun:
+    config = doc["config"]
+    return RegionRun(
+        key=doc["key"], doc_id=doc["_id"],
+        owned={kind: list(config.get("owned", {}).get(kind, [])) for kind in OWNED_KINDS},
+        roles=dict(config.get("roles") or {}), mask_review=config.get("mask_review"),
+        **{name: config.get(name) for name in ("label_field", "regions_field", "embeddings_field", "settings",
+                                                "settings_id", "run_uid", "dataset_id", "version")},
+    )
+
+
 def list_region_runs(samples) -> List[RegionRun]:
-    """Every region-embedding run of the collection's dataset."""
-    dataset = samples._dataset
-    return [_load(dataset, key) for key in dataset.list_runs(method=METHOD)]
+    """Every region-embedding run of the collection's dataset, as stored now (read-only)."""
+    dataset = samples._root_dataset
+    keys = set(dataset.list_runs())
+    docs = _collection().find({"_dataset_id": dataset._doc.id, "config.method": METHOD},
+                              {TEXT_CACHE: 0}).sort("timestamp", 1)
+    return [_from_doc(doc) for doc in docs if doc["key"] in keys]
+
+
+def reload_run(samples, run: RegionRun) -> RegionRun:
+    """The record of ``run`` as stored now."""
+    doc = _collection().find_one({"_id": run.doc_id}, {TEXT_CACHE: 0})
+    if doc is None:
+        raise ValueError(f"{run.describe()} was deleted meanwhile")
+    return _from_doc(doc)
 
 
 def find_run(samples, label_field: str, embeddings_field: str) -> Optional[RegionRun]:
-    """The run of ``embeddings_field`` on ``label_field`` (the user's field, or the derived regions field).
-
-    On a clone, the first use adopts the run of the dataset it was cloned from: a dataset clone carries
-    the record, a view clone only its labels (the record is found by the settings digest they hold);
-    the run's heatmaps of the clone's labels are copied to the clone's companion."""
-    dataset = samples._dataset
-    matches = [r for r in list_region_runs(dataset)
+    """The run of ``embeddings_field`` on ``label_field`` (the user's field, or the derived regions field)."""
+    matches = [r for r in list_region_runs(samples)
                if r.embeddings_field == embeddings_field and label_field in (r.label_field, r.regions_field)]
-    run = matches[0] if matches else _record_from_labels(dataset, label_field, embeddings_field)
-    if run is not None and run.dataset_id != str(dataset._doc.id):
-        heatmap_store.copy_for_clone(run.dataset_id, dataset, run.regions_field, run.embeddings_field)
-        run.dataset_id = str(dataset._doc.id)
-        save_run(dataset, run)
-    return run
-
-
-def _record_from_labels(dataset, label_field: str, embeddings_field: str) -> Optional[RegionRun]:
-    """Register here the run of another dataset whose settings digest this dataset's labels hold (a view
-    clone copies labels but no run records); None when the labels hold none."""
-    if not dataset.has_sample_field(label_field):
-        return None
-    regions_field = regions_field_for(dataset, label_field)
-    if not dataset.has_sample_field(regions_field):
-        return None
-    path = f"{list_path(dataset, regions_field)}.{attribute_names(embeddings_field)['run']}"
-    digests = [d for d in dataset.distinct(path) if d] if dataset.has_field(path) else []
-    if not digests:
-        return None
-    doc = foo.get_db_conn().runs.find_one({
-        "config.method": METHOD, "config.settings_id": {"$in": digests},
-        "config.embeddings_field": embeddings_field, "config.regions_field": regions_field,
-    })
-    if doc is None:
-        return None
-    config = doc["config"]
-    run = RegionRun(
-        key=_free_key(dataset, config["label_field"], embeddings_field),
-        **{name: config[name] for name in ("label_field", "regions_field", "embeddings_field", "settings",
-                                            "settings_id", "dataset_id", "version")},
-        pred_fields=[f for f in config.get("pred_fields", []) if dataset.has_sample_field(f)],
-    )
-    dataset.register_run(run.key, dataset.init_run(method=METHOD, **_config(run, run.version)))
-    return run
+    return matches[0] if matches else None
 
 
 def require_run(samples, label_field: str, embeddings_field: str) -> RegionRun:
-    """The run, or a clear error naming what exists and what to compute first."""
+    """The run, or a clear error naming what exists and what to do first. The dataset's in-memory copy is
+    reloaded first (a read), so fields and brain runs that other processes added are seen."""
+    samples._root_dataset.reload()
     run = find_run(samples, label_field, embeddings_field)
-    if run is None:
-        dataset = samples._dataset
-        runs = list_region_runs(dataset)
-        existing = [f"{r.label_field}/{r.embeddings_field}" for r in runs]
-        gone = [r.label_field for r in runs if not dataset.has_sample_field(r.label_field)]
-        hint = (f"; the field of the run(s) on {gone} no longer exists: a run follows no rename (nor do "
-                "FiftyOne's brain runs), so rename the field back or compute again" if gone else "")
-        raise ValueError(
-            f"no region embeddings {embeddings_field!r} on {label_field!r} in {dataset.name!r}: "
-            f"run compute_region_embeddings first (existing runs, field/embeddings: {existing or 'none'}){hint}"
-        )
-    return run
+    if run is not None:
+        return run
+    dataset = samples._root_dataset
+    runs = list_region_runs(dataset)
+    existing = [f"{r.label_field}/{r.embeddings_field}" for r in runs]
+    gone = [r.label_field for r in runs if not dataset.has_sample_field(r.label_field)]
+    hint = (f"; the field of the run(s) on {gone} no longer exists: a run follows no rename (nor do "
+            "FiftyOne's brain runs), so rename the field back or compute again" if gone else "")
+    source = cloned_from(dataset, label_field, embeddings_field)
+    if source:
+        hint += (f"; its labels hold embeddings of a run of dataset {source!r} (a view clone copies labels, not "
+                 "runs): call fiftyone_maskinversion.fo.adopt_region_runs(dataset) or compute_region_embeddings "
+                 "to adopt it")
+    raise ValueError(
+        f"no region embeddings {embeddings_field!r} on {label_field!r} in {dataset.name!r}: "
+        f"run compute_region_embeddings first (existing runs, field/embeddings: {existing or 'none'}){hint}"
+    )
 
 
-def start_run(samples, label_field: str, regions_field: str, embeddings_field: str, settings: dict,
-              overwrite: bool) -> RegionRun:
-    """Record the settings of a run that is about to start; other settings than recorded need overwrite."""
+def label_stamps(dataset, regions_field: str, embeddings_field: str) -> List[str]:
+    """The distinct run stamps the labels of ``regions_field`` hold for ``embeddings_field``."""
+    if getattr(dataset.get_field(regions_field), "document_type", None) not in REGION_TYPES:
+        return []
+    path = f"{list_path(dataset, regions_field)}.{attribute_names(embeddings_field)['run']}"
+    return [s for s in dataset.distinct(path) if isinstance(s, str) and "." in s] if dataset.has_field(path) else []
+
+
+def record_of_stamp(stamp: str, dataset_id=None) -> Optional[dict]:
+    """The stored record (raw) of the run that wrote ``stamp``, in the given dataset or any."""
+    query = {"config.method": METHOD, "config.run_uid": stamp.split(".")[0]}
+    if dataset_id is not None:
+        query["_dataset_id"] = dataset_id
+    return _collection().find_one(query)
+
+
+def cloned_from(dataset, label_field: str, embeddings_field: str) -> Optional[str]:
+    """The name of the dataset whose run wrote the labels of ``label_field`` when this dataset has no such
+    run itself (a view clone), else None."""
+    regions_fields = [label_field, f"{label_field}_regions"]
+    for regions_field in regions_fields:
+        for stamp in label_stamps(dataset, regions_field, embeddings_field):
+            doc = record_of_stamp(stamp)
+            if doc is not None and doc["_dataset_id"] != dataset._doc.id:
+                source = foo.get_db_conn().datasets.find_one({"_id": doc["_dataset_id"]}, {"name": 1})
+                return source["name"] if source else f"(deleted dataset {doc['_dataset_id']})"
+    return None
+
+
+def new_run(samples, label_field: str, regions_field: str, embeddings_field: str, settings: dict,
+            run_uid: Optional[str] = None, dataset_id: Optional[str] = None) -> RegionRun:
+    """Register a new record owning nothing yet; a parallel worker's record of the same pair is joined."""
     from .. import __version__
 
-    dataset = samples._dataset
-    run = find_run(dataset, label_field, embeddings_field)
-    if run is not None and run.settings != settings and not overwrite:
-        changed = {k: (run.settings.get(k), v) for k, v in settings.items() if run.settings.get(k) != v}
-        raise ValueError(
-            f"{run.describe()} of {dataset.name!r} was computed with other settings {changed} (old, new); "
-            "pass overwrite=True to recompute every region, or choose another embeddings_field"
-        )
-    if run is None:
-        run = RegionRun(
-            key=_free_key(dataset, label_field, embeddings_field), label_field=label_field,
-            regions_field=regions_field, embeddings_field=embeddings_field, settings=settings,
-            settings_id=settings_digest(settings), dataset_id=str(dataset._doc.id), version=__version__,
-        )
-        try:
-            dataset.register_run(run.key, dataset.init_run(method=METHOD, **_config(run, __version__)))
-        except ValueError:  # a parallel worker registered the same run first: join it if it agrees
-            dataset.reload()
-            if run.key not in dataset.list_runs():
-                raise
-            return start_run(samples, label_field, regions_field, embeddings_field, settings, overwrite=False)
-        return run
-    run.settings, run.settings_id, run.version = settings, settings_digest(settings), __version__
-    save_run(dataset, run)
-    return run
+    dataset = samples._root_dataset
+    key = _free_key(dataset, label_field, embeddings_field)
+    config = {"label_field": label_field, "regions_field": regions_field, "embeddings_field": embeddings_field,
+              "settings": settings, "settings_id": settings_digest(settings), "run_uid": run_uid or uuid.uuid4().hex[:12],
+              "dataset_id": dataset_id or str(dataset._doc.id), "version": __version__,
+              "owned": {kind: [] for kind in OWNED_KINDS}, "roles": {}, "mask_review": None}
+    try:
+        dataset.register_run(key, dataset.init_run(method=METHOD, **config), overwrite=False)
+    except ValueError:  # a parallel worker registered this pair first
+        dataset.reload()
+        joined = find_run(dataset, label_field, embeddings_field)
+        if joined is None:
+            raise
+        return joined
+    return find_run(dataset, label_field, embeddings_field)
 
 
-def save_run(samples, run: RegionRun) -> None:
-    """Persist a changed record (outputs added or removed, adoption by a clone)."""
-    dataset = samples._dataset
-    dataset.update_run_config(run.key, dataset.init_run(method=METHOD, **_config(run, run.version)))
+def update_run(samples, run: RegionRun, set_: Optional[dict] = None, add: Optional[dict] = None,
+               pull: Optional[dict] = None) -> RegionRun:
+    """One atomic update of the run's record (``$set`` / ``$addToSet`` / ``$pull`` on config keys);
+    returns the record as stored after it."""
+    update = {}
+    if set_:
+        update["$set"] = {f"config.{k}": v for k, v in set_.items()}
+    if add:
+        update["$addToSet"] = {f"config.{k}": v for k, v in add.items()}
+    if pull:
+        update["$pull"] = {f"config.{k}": v for k, v in pull.items()}
+    if update:
+        result = _collection().update_one({"_id": run.doc_id}, update)
+        if not result.matched_count:
+            raise ValueError(f"{run.describe()} was deleted meanwhile")
+    return reload_run(samples, run)
 
 
-def claim_output_field(samples, run: RegionRun, field: str) -> None:
-    """Record ``field`` as one the run writes (deleted with it), before the first write, so a killed
-    step's partial output is still owned."""
-    if field not in run.pred_fields:
-        run.pred_fields.append(field)
-        save_run(samples, run)
+def stored_text_embeddings(run: RegionRun, key: str) -> Optional[np.ndarray]:
+    """The class text embeddings the run stored under ``key`` (C x D float32), else None."""
+    doc = _collection().find_one({"_id": run.doc_id}, {f"{TEXT_CACHE}.{key}": 1}) or {}
+    entry = doc.get("config", {}).get("text_cache", {}).get(key)
+    return None if entry is None else np.frombuffer(entry["data"], dtype=np.float32).reshape(entry["shape"]).copy()
 
 
-def claim_brain_key(samples, run: RegionRun, attribute: str, brain_key: str, overwrite: bool) -> None:
-    """Make ``brain_key`` the run's brain run ``attribute`` (see BRAIN_RUN_ATTRIBUTES). An existing brain
-    run of that key must be this run's own and overwrite asked for; it is then deleted. Recorded before
-    FiftyOne computes it, so a killed computation is still deleted with the run."""
-    dataset = samples._dataset
-    own = getattr(run, attribute)
-    if brain_key in dataset.list_brain_runs():
-        if not overwrite or brain_key != own:
-            raise ValueError(f"brain run {brain_key!r} exists in {dataset.name!r}"
-                             + ("; pass overwrite=True" if brain_key == own else " and is not this run's"))
-        dataset.delete_brain_run(brain_key)
-    setattr(run, attribute, brain_key)
-    save_run(dataset, run)
+def store_text_embeddings(run: RegionRun, key: str, text: np.ndarray) -> None:
+    """Store class text embeddings with the run (one atomic update), keeping the last ``TEXT_CACHE_KEEP``."""
+    text = np.ascontiguousarray(text, dtype=np.float32)
+    _collection().update_one({"_id": run.doc_id}, {"$set": {f"{TEXT_CACHE}.{key}": {
+        "shape": list(text.shape), "data": text.tobytes(), "stored": time.time()}}})
+    doc = _collection().find_one({"_id": run.doc_id}, {f"{TEXT_CACHE}": 1}) or {}
+    entries = doc.get("config", {}).get("text_cache", {})
+    old = sorted(entries, key=lambda k: entries[k]["stored"])[:-TEXT_CACHE_KEEP]
+    if old:
+        _collection().update_one({"_id": run.doc_id}, {"$unset": {f"{TEXT_CACHE}.{k}": "" for k in old}})
+
+
+def restart_run(samples, run: RegionRun, settings: dict) -> RegionRun:
+    """Record new settings for a run that recomputes its regions (overwrite); returns the new record."""
+    from .. import __version__
+
+    return update_run(samples, run, set_={"settings": settings, "settings_id": settings_digest(settings),
+                                          "version": __version__})
 
 
 def delete_run_record(samples, run: RegionRun) -> None:
-    samples._dataset.delete_run(run.key)
-
-
-def _config(run: RegionRun, version: str) -> dict:
-    config = asdict(run)
-    config.pop("key")
-    config["version"] = version
-    return config
-
-
-def _load(dataset, key: str) -> RegionRun:
-    config = dataset.get_run_info(key).config.serialize()
-    fields = {name: config[name] for name in RegionRun.__dataclass_fields__ if name in config and name != "key"}
-    return RegionRun(key=key, **fields)
+    samples._root_dataset.delete_run(run.key)
 
 
 def _free_key(dataset, label_field: str, embeddings_field: str) -> str:
     """A readable run key (FiftyOne run keys must be identifiers): the same for the same pair, so
     parallel workers agree; suffixed only where another pair's sanitised name collides."""
     base = "".join(c if c.isalnum() else "_" for c in f"{METHOD}_{label_field}_{embeddings_field}")
-    taken = set(dataset.list_runs())
+    taken = {doc["key"]: doc["config"] for doc in _collection().find({"_dataset_id": dataset._doc.id})}
     key, suffix = base, 2
-    while key in taken and not _same_pair(dataset, key, label_field, embeddings_field):
+    while key in taken and (taken[key].get("label_field"), taken[key].get("embeddings_field")) != (
+            label_field, embeddings_field):
         key, suffix = f"{base}_{suffix}", suffix + 1
     return key
 
 
-def _same_pair(dataset, key: str, label_field: str, embeddings_field: str) -> bool:
-    config = dataset.get_run_info(key).config
-    return (getattr(config, "label_field", None), getattr(config, "embeddings_field", None)) == (
-        label_field, embeddings_field)
+def regions_field_for(samples, label_field: str, embeddings_field: Optional[str] = None) -> str:
+    """Where a field's regions live: the field itself, the run's derived field of a Segmentation, or
+    (no run yet) the default derived name ``<field>_regions``."""
+    if label_type(samples, label_field).__name__ != "Segmentation":
+        return label_field
+    runs = [r for r in list_region_runs(samples) if r.label_field == label_field
+            and (embeddings_field is None or r.embeddings_field == embeddings_field)]
+    return runs[0].regions_field if runs else f"{label_field}_regions"
 
 
 def backbone_for(run: RegionRun, backbone: Optional[Backbone] = None, device=None) -> Backbone:

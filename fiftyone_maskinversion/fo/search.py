@@ -19,8 +19,9 @@ from ..core.backbone import Backbone
 from ..core.ranking import cosine_top_k
 from .region_index import RegionSimilarityConfig
 from .regions import list_path
-from .relabel import current_regions
-from .runs import RegionRun, backbone_for, claim_brain_key, require_run
+from .ownership import claim_brain_run
+from .run_views import current_regions
+from .runs import RegionRun, backbone_for, require_run
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ def search_regions(samples, label_field: str, text: Optional[str] = None, region
 
 def _index_answers(samples, run: RegionRun, is_text: bool) -> bool:
     """Whether the run has a region index that can answer this kind of query."""
-    if not run.brain_key or run.brain_key not in samples._dataset.list_brain_runs():
+    if not run.brain_key or run.brain_key not in samples._root_dataset.list_brain_runs():
         return False
-    config = samples._dataset.get_brain_info(run.brain_key).config
+    config = samples._root_dataset.get_brain_info(run.brain_key).config
     return isinstance(config, RegionSimilarityConfig) and (config.supports_prompts or not is_text)
 
 
@@ -103,8 +104,8 @@ def build_region_index(
     backbone of random weights passed as an object)."""
     run = require_run(samples, label_field, embeddings_field)
     brain_key = brain_key or default_brain_key(run)
-    dataset = samples._dataset
-    claim_brain_key(dataset, run, "brain_key", brain_key, overwrite)
+    dataset = samples._root_dataset
+    run = claim_brain_run(dataset, run, "brain_key", brain_key, overwrite)
     results = fob.compute_similarity(
         current_regions(samples, run), backend=RegionSimilarityConfig, brain_key=brain_key, metric="cosine",
         patches_field=run.regions_field, progress=False,

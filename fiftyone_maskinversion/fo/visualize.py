@@ -9,8 +9,9 @@ import fiftyone.brain as fob
 
 from .. import defaults
 from .regions import list_path
-from .relabel import current_regions
-from .runs import claim_brain_key, require_run
+from .ownership import claim_brain_run
+from .run_views import current_regions
+from .runs import require_run
 
 METHODS = ("umap", "tsne", "pca")
 TSNE_PERPLEXITY = 30.0  # scikit-learn's default; it must stay below the number of regions
@@ -34,7 +35,7 @@ def visualize_regions(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     run = require_run(samples, label_field, embeddings_field)
-    dataset = samples._dataset
+    dataset = samples._root_dataset
     brain_key = brain_key or f"{run.key}_viz"
     embedded = current_regions(samples, run)
     path = f"{list_path(samples, run.regions_field)}.{run.embeddings_field}"
@@ -45,7 +46,7 @@ def visualize_regions(
     if method == "tsne":  # brain reduces to pca_dims (50) first: no more than the data has
         dims = len(next(v for v in embedded.limit(1).values(path, unwind=True) if v is not None))
         options = {"perplexity": min(TSNE_PERPLEXITY, (count - 1) / 3), "pca_dims": min(TSNE_PCA_DIMS, dims, count)}
-    claim_brain_key(dataset, run, "visualization_key", brain_key, overwrite)  # after every check
+    claim_brain_run(dataset, run, "visualization_key", brain_key, overwrite)  # after every check
     fob.compute_visualization(embedded, patches_field=run.regions_field, embeddings=path, brain_key=brain_key,
                               method=method, num_dims=2, seed=0, progress=False, **options)
     return dataset.load_brain_results(brain_key)  # as stored: knows its key

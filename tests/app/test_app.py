@@ -390,7 +390,7 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         _poll(lambda: label().label == predicted, "Accept did not relabel the region")
         _wait_for(page, "text=Relabelled by the package from", timeout=30_000)
         page.get_by_role("button", name="Undo").click()
-        _poll(lambda: label().label == annotated and label().get_attribute_value("mi_original_label", None) is None,
+        _poll(lambda: label().label == annotated and not label().get_attribute_value("mi_embedding_relabel_to", None),
               "Undo did not restore the annotation")
         second = mislabeled.skip(1).first()  # Next: the view's next region, in the panel too
         page.get_by_role("button", name="Next").click()

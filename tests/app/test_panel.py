@@ -102,7 +102,7 @@ def test_the_panel_shows_a_flagged_regions_results_and_acts_on_that_region_only(
     assert "Relabelled by the package from" in ctx.panel.state["text"]
     panel.undo(ctx)
     assert region_of(dataset, label_id).label == patch.ground_truth.label
-    assert dataset.count("ground_truth.detections.mi_original_label") == 0
+    assert not region_of(dataset, label_id).mi_embedding_relabel_to  # its history is empty again
 
     ctx.panel.state["new_label"] = "zebra"
     panel.set_label(ctx)
@@ -217,6 +217,11 @@ def test_reopening_the_bad_mask_view_recomputes_nothing_and_names_the_suggestion
     form = foo.get_operator(f"{URI}/find_bad_masks").resolve_input(ctx).type.properties
     assert form["score"].default is False  # every embedded region has its score already
     assert "prompt" not in form and "0 embedded regions have no mask score" in form["score"].view.description
+    ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "params": {"score": True}})
+    form = foo.get_operator(f"{URI}/find_bad_masks").resolve_input(ctx).type.properties
+    # a rescore starts from the latest review's settings (others would be refused without overwrite)
+    assert (form["prompt"].default, form["min_missing_score"].default, form["confirmation"].default,
+            form["suggest_missing"].default) == ("a photo of a {}.", 0.0, 0.0, True)
     before = dataset.values(f"{MISSING}.detections.id", unwind=True)
     result = run_operator(dataset, "find_bad_masks", label_field="ground_truth", score=False)
     assert result["scored"] == 0 and dataset.values(f"{MISSING}.detections.id", unwind=True) == before

@@ -213,7 +213,11 @@ def test_many_masks_through_the_linear_map_give_the_direct_result(name, monkeypa
     slow = MaskInverter(backbone, iterations=10, blocks=[0, -1], engine="autograd").invert(image, masks)
     assert cosine_rows(mapped.embeddings, direct.embeddings).min() >= 0.99999
     assert cosine_rows(mapped.embeddings, slow.embeddings).min() >= 0.9999
-    assert np.abs(mapped.heatmaps - direct.heatmaps).max() <= 1e-4
+    # Min-max normalised maps amplify rounding where a map is flat. Measured on an AMD EPYC with 1 and 2
+    # threads: mapped vs direct 4.0e-5 (tiny) and 7.4e-5 (tiny-ls); two mathematically equal direct runs
+    # (one mask per chunk vs all 40 in one chunk, no map) differ by 5.5e-5 and 2.3e-4, and 2.7e-4 was seen
+    # on another AMD machine: the bound keeps a 4x margin over the largest rounding spread seen.
+    assert np.abs(mapped.heatmaps - direct.heatmaps).max() <= 1e-3
 
 
 def test_the_linear_map_is_built_only_where_it_saves_work(tiny, scene):
@@ -223,7 +227,7 @@ def test_the_linear_map_is_built_only_where_it_saves_work(tiny, scene):
     from fiftyone_maskinversion.core.legrad import LINEAR_MAP_MIN_BATCH, FastEngine
 
     state = capture_image_state(tiny, tiny.pixels(scene[0]), [tiny.num_blocks - 1])
-    engine = FastEngine(tiny, state)
+    engine = FastEngine(tiny, [state])
     assert not engine.blocks[0].linear_map_pays_off(36) and engine.blocks[0].linear_map_pays_off(37)
     per_query = engine.bytes_per_query()
     assert engine.plan(LINEAR_MAP_MIN_BATCH - 1, 100, 1 << 30) == (1 << 30) // per_query  # too few masks

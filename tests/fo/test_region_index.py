@@ -16,7 +16,7 @@ import torch
 
 import fiftyone_maskinversion.fo as mifo
 from fiftyone_maskinversion.fo.region_index import RegionSimilarityIndex
-from fiftyone_maskinversion.fo.runs import backbone_for, find_run, save_run
+from fiftyone_maskinversion.fo.runs import backbone_for, find_run, update_run
 
 from ..helpers import delete_with_heatmaps, load_coco, openai_vit_b16_in_private_hub_cache, save_checkpoint
 
@@ -136,8 +136,8 @@ def test_an_index_without_a_loadable_text_model_still_searches_by_region(coco_da
     queries; its region-to-region search still works, and search_regions still searches by text."""
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
     run = find_run(coco_dataset, "ground_truth", "mi_embedding")
-    run.settings = {**run.settings, "model_name": "ViT-B-32", "pretrained": "openai", "activation": "quick_gelu"}
-    save_run(coco_dataset, run)
+    update_run(coco_dataset, run, set_={"settings": {**run.settings, "model_name": "ViT-B-32", "pretrained": "openai",
+                                                     "activation": "quick_gelu"}})
     results = mifo.build_region_index(coco_dataset, "ground_truth")
     assert "has no text model" in caplog.text and not results.supports_prompts
     assert coco_dataset.list_brain_runs() == [results.key] == [find_run(coco_dataset, "ground_truth",

@@ -72,8 +72,12 @@ def test_mask_scores_are_the_core_review_of_each_sample_and_labels_stay(embedded
     confidences = suggestions.values(f"{MISSING}.confidence")
     assert confidences == sorted(confidences, reverse=True)
 
-    again = mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, backbone=tiny)
+    again = mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, min_missing_score=0.0, confirmation=0.0,
+                             backbone=tiny)
     assert again.scored == 0 and again.skipped_scored == len(embedded_ids)
+    with pytest.raises(ValueError, match=r"other settings \{'min_missing_score': \(0.0, 0.1\)"):
+        mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, min_missing_score=0.1, confirmation=0.0,
+                         backbone=tiny)  # arguments that could not take effect are refused, not ignored
 
 
 def test_a_recompute_clears_the_reviews_of_the_old_embeddings_and_delete_removes_them(embedded, tiny):
@@ -85,7 +89,9 @@ def test_a_recompute_clears_the_reviews_of_the_old_embeddings_and_delete_removes
     mifo.compute_region_embeddings(embedded, "ground_truth", backbone=tiny, iterations=3, overwrite=True)
     for name in review_names:  # they described embeddings that no longer exist
         assert embedded.count(f"ground_truth.detections.{name}") == 0, name
-    view = mifo.find_bad_masks(embedded, "ground_truth", prompt=SINGLE, backbone=tiny)  # rescores what is missing
+    assert len(mifo.find_bad_masks(embedded, "ground_truth")) == 0  # it only reads: nothing is scored now
+    mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, backbone=tiny)  # rescores what is missing
+    view = mifo.find_bad_masks(embedded, "ground_truth")
     assert len(view) == embedded.count("ground_truth.detections.mi_embedding")
 
     run = find_run(embedded, "ground_truth", "mi_embedding")
@@ -97,8 +103,8 @@ def test_a_recompute_clears_the_reviews_of_the_old_embeddings_and_delete_removes
 
 def test_bad_arguments_and_foreign_fields_are_refused_before_writing(embedded, tiny):
     embedded.add_sample_field("notes", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    for kwargs, message in (({"missing_field": "notes"}, "did not write"),
-                            ({"missing_field": "ground_truth"}, "did not write"),
+    for kwargs, message in (({"missing_field": "notes"}, "no MaskInversion run wrote"),
+                            ({"missing_field": "ground_truth"}, "no MaskInversion run wrote"),
                             ({"min_missing_score": 2}, "min_missing_score"),
                             ({"confirmation": -0.1}, "confirmation"),
                             ({"prompt": "no placeholder"}, "must contain")):

@@ -68,9 +68,9 @@ def test_a_segmentation_field_is_used_by_its_own_name_everywhere(semantic, tiny,
     assert relabel.regions == dataset.count("semantic_regions.detections.mi_embedding")
     assert len(mifo.find_mislabeled(dataset, "semantic", include_low_fidelity=True)) == relabel.regions
     assert len(mifo.search_regions(dataset, "semantic", text="a dog", k=3, backbone=tiny)) == 3
-    changed = mifo.apply_relabel(dataset, "semantic", threshold=0.0)
-    assert changed == dataset.count("semantic_regions.detections.mi_original_label")
-    assert mifo.undo_relabel(dataset, "semantic") == changed
+    changed = mifo.apply_relabel(dataset, "semantic", threshold=0.0, include_low_fidelity=True).count
+    assert changed == dataset.count("semantic_regions.detections.mi_embedding_relabel_to")
+    assert mifo.undo_relabel(dataset, "semantic").count == changed
     deleted = mifo.delete_region_results(dataset, "semantic")
     assert deleted["regions_field"] == "semantic_regions" and not dataset.has_sample_field("semantic_regions")
     assert deleted["pred_fields"] == ["semantic_mi_embedding_relabel"] and dataset.list_runs() == []
@@ -107,12 +107,12 @@ def test_a_killed_overwrite_run_resumes_exactly_the_stale_regions(coco_dataset, 
         mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3, overwrite=True,
                                        batch_size=1, progress=interrupt_after(2))
     run = find_run(coco_dataset, "ground_truth", "mi_embedding")
-    done = coco_dataset.count_values("ground_truth.detections.mi_embedding_run").get(run.settings_id)
+    done = coco_dataset.count_values("ground_truth.detections.mi_embedding_run").get(run.stamp)
     assert 0 < done < total
     resumed = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=3)
     assert (resumed.skipped_existing, resumed.computed, resumed.recomputed_stale) == (done, total - done, total - done)
     runs = coco_dataset.count_values("ground_truth.detections.mi_embedding_run")
-    assert runs.get(run.settings_id) == total and set(runs) <= {run.settings_id, None}  # None: crowd regions
+    assert runs.get(run.stamp) == total and set(runs) <= {run.stamp, None}  # None: crowd regions
     sample = coco_dataset.last()  # processed after the kill: must hold the iterations=3 embedding
     dets = [d for d in sample.ground_truth.detections if not d.iscrowd]
     width, height = sample.metadata.width, sample.metadata.height
@@ -151,10 +151,10 @@ def test_embeddings_field_never_overwrites_label_data(coco_dataset, tiny, name):
 
 def test_a_name_another_run_writes_is_refused(coco_dataset, tiny):
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2, embeddings_field="x")
-    with pytest.raises(ValueError, match="written by the run of 'x'"):
+    with pytest.raises(ValueError, match="belongs to the MaskInversion run of embeddings 'x'"):
         mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2,
                                        embeddings_field="x_dice", overwrite=True)
-    with pytest.raises(ValueError, match="holds data this run did not write"):
+    with pytest.raises(ValueError, match="holds data that no MaskInversion run wrote"):
         mifo.zero_shot_relabel(coco_dataset, "ground_truth", "x", pred_field="ground_truth", overwrite=True,
                                backbone=tiny)
     assert coco_dataset.count("ground_truth.detections") > 0 and coco_dataset.count("ground_truth.detections.x_dice")
@@ -214,8 +214,14 @@ def test_heatmaps_follow_rename_clone_and_delete(coco_dataset, tiny):
     for clone in (coco_dataset.clone(), coco_dataset.limit(2).clone()):  # a dataset clone, a view clone
         try:
             clone_ids = non_crowd_ids(clone)
-            mifo.zero_shot_relabel(clone, "ground_truth", prompt=SINGLE, backbone=tiny)  # first use adopts the run
+            if not clone.list_runs():  # a view clone copies labels, not runs: a follow-up says how to adopt them
+                with pytest.raises(ValueError, match=f"labels hold embeddings of a run of dataset "
+                                                     f"'{coco_dataset.name}'.*adopt_region_runs"):
+                    mifo.zero_shot_relabel(clone, "ground_truth", prompt=SINGLE, backbone=tiny)
+            assert heatmap_ids(clone) == []  # queries copy nothing
+            assert len(mifo.adopt_region_runs(clone)) == 1 and mifo.adopt_region_runs(clone) == []
             assert sorted(heatmap_ids(clone)) == sorted(clone_ids)
+            mifo.zero_shot_relabel(clone, "ground_truth", prompt=SINGLE, backbone=tiny)
             assert mifo.heatmaps_dataset(clone).name != mifo.heatmaps_dataset(coco_dataset).name
             again = mifo.compute_region_embeddings(clone, "ground_truth", backbone=tiny, iterations=2)
             assert again.computed == 0 and again.skipped_existing == len(clone_ids)  # the same run, resumed
@@ -262,7 +268,7 @@ def test_a_failed_overwrite_removes_the_old_heatmap(coco_dataset, tiny):
 def test_relabels_reach_the_heatmaps_companion(coco_dataset, tiny):
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, backbone=tiny)
-    assert mifo.apply_relabel(coco_dataset, "ground_truth", threshold=0.0) > 0
+    assert mifo.apply_relabel(coco_dataset, "ground_truth", threshold=0.0, include_low_fidelity=True).count > 0
     current = dict(zip(coco_dataset.values("ground_truth.detections.id", unwind=True),
                        coco_dataset.values("ground_truth.detections.label", unwind=True)))
     for sample in mifo.heatmaps_dataset(coco_dataset):
@@ -313,10 +319,10 @@ def test_a_prediction_field_of_another_run_is_not_applied(coco_dataset, tiny):
     other = mifo.zero_shot_relabel(coco_dataset, "ground_truth", "mi_b", prompt=SINGLE, backbone=tiny)
     with pytest.raises(ValueError, match="no predictions"):
         mifo.apply_relabel(coco_dataset, "ground_truth", pred_field=other.pred_field, threshold=0.0)
-    with pytest.raises(ValueError, match="holds the predictions of"):
+    with pytest.raises(ValueError, match="belongs to the MaskInversion run of embeddings 'mi_b'"):
         mifo.zero_shot_relabel(coco_dataset, "ground_truth", pred_field=other.pred_field, overwrite=True,
                                backbone=tiny)
-    assert coco_dataset.count("ground_truth.detections.mi_original_label") == 0
+    assert coco_dataset.count("ground_truth.detections.mi_embedding_relabel_to") == 0
 
 
 @pytest.mark.parametrize("method", ["tsne", "pca"])

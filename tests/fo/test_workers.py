@@ -150,12 +150,12 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     assert result == {"pred_field": pred_field, "regions": regions,
                       "changed": sum(p.label != p.gt_label for p in coco_dataset.values(f"{pred_field}.detections",
                                                                                     unwind=True))}
-    result = run("apply_relabel", label_field="ground_truth", threshold=0.0)
-    assert result["changed"] == coco_dataset.count("ground_truth.detections.mi_original_label") == \
+    result = run("apply_relabel", label_field="ground_truth", threshold=0.0, include_low_fidelity=True)
+    assert result["changed"] == coco_dataset.count("ground_truth.detections.mi_embedding_relabel_to") == \
         sum(p.label != p.gt_label for p in coco_dataset.values(f"{pred_field}.detections", unwind=True))
     restored = result["changed"]
     result = run("apply_relabel", label_field="ground_truth", undo=True)
-    assert result["changed"] == restored and coco_dataset.count("ground_truth.detections.mi_original_label") == 0
+    assert result["changed"] == restored and coco_dataset.count("ground_truth.detections.mi_embedding_relabel_to") == 0
     assert coco_dataset.distinct("ground_truth.detections.label") == sorted(
         {p.gt_label for p in coco_dataset.values(f"{pred_field}.detections", unwind=True)}
         | set(coco_dataset.filter_labels("ground_truth", F("iscrowd") == 1).distinct("ground_truth.detections.label")))
@@ -183,7 +183,8 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
 
     result = run("delete_region_results", label_field="ground_truth")
     # 5 attributes of the inversion (embedding, dice, iou, error, run) + 5 of the relabel review on the field
-    # (predicted label, top-k labels and scores, mistakenness, low fidelity) + the mask score
-    assert result == {"deleted_attributes": 11, "deleted_heatmaps": regions, "deleted_pred_fields": 2}
+    # (predicted label, top-k labels and scores, mistakenness, low fidelity) + the relabel history (from, to)
+    # + the mask review (score, review stamp)
+    assert result == {"deleted_attributes": 14, "deleted_heatmaps": regions, "deleted_pred_fields": 2}
     assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
     assert mifo.heatmaps_dataset(coco_dataset) is None and not coco_dataset.has_sample_field(pred_field)
