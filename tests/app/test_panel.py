@@ -261,3 +261,23 @@ def test_the_index_operator_makes_search_read_the_query(reviewed):
     view = mifo.search_regions(dataset, "ground_truth", text="a red circle", k=3)
     stage = view._stages[-1]
     assert type(stage).__name__ == "SortBySimilarity" and stage.query == "a red circle"
+
+
+def test_a_bulk_apply_is_previewed_first_and_says_what_changed(reviewed):
+    """Observation 2: apply_relabel at 0.9 silently relabelled 6 regions, two of them of low fidelity, with no
+    preview and no count."""
+    dataset = reviewed
+    labels = {d.id: d.label for d in dataset.values("ground_truth.detections", unwind=True)}
+    expected = {d.id for d in dataset.values("ground_truth.detections", unwind=True)
+                if d.get_attribute_value("mi_embedding_predicted_label", None) not in (None, d.label)
+                and not d.mi_embedding_low_fidelity}  # every confidence passes threshold 0; low fidelity left out
+    result = run_operator(dataset, "apply_relabel", label_field="ground_truth", threshold=0.0, preview=True)
+    assert result["preview"] and result["changed"] == len(expected) > 0
+    assert {d.id: d.label for d in dataset.values("ground_truth.detections", unwind=True)} == labels  # unwritten
+    text = foo.get_operator(f"{URI}/apply_relabel").summary(result)
+    assert text.startswith(f"Preview, nothing written: would change {len(expected)} label(s)")
+    result = run_operator(dataset, "apply_relabel", label_field="ground_truth", threshold=0.0)
+    now = {d.id: d.label for d in dataset.values("ground_truth.detections", unwind=True)}
+    assert {i for i in labels if now[i] != labels[i]} == expected and result["changed"] == len(expected)
+    run_operator(dataset, "apply_relabel", label_field="ground_truth", undo=True)
+    assert {d.id: d.label for d in dataset.values("ground_truth.detections", unwind=True)} == labels
