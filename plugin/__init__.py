@@ -773,7 +773,7 @@ class RegionPanel(foo.Panel):
         ctx.panel.set_state("text", _review_text(review))
         caption = f"{review.label}  dice {review.dice:.2f}" if review.dice is not None else review.label
         ctx.panel.set_data("picture", data_uri(draw_region(review.filepath, review.heatmap, review.mask, caption,
-                                                           PANEL_HEIGHT)))
+                                                           PANEL_HEIGHT), "jpeg"))
         ctx.panel.set_data("topk", [{"type": "bar", "orientation": "h", "x": [p for _, p in review.topk][::-1],
                                      "y": [name for name, _ in review.topk][::-1]}])
 

@@ -324,7 +324,7 @@ def _open_region_in_panel(page, shot):
         page.get_by_text("MaskInversion", exact=True).last.click()
     _wait_for(page, "text=Accept prediction", timeout=60_000)
     try:  # the heatmap picture is decoded and drawn at its size (not an empty frame)
-        page.wait_for_function("() => Array.from(document.querySelectorAll(\"[data-cy='modal'] img[src^='data:image/png']\"))"
+        page.wait_for_function("() => Array.from(document.querySelectorAll(\"[data-cy='modal'] img[src^='data:image/jpeg']\"))"
                                ".some(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().height > 300)",
                                timeout=30_000)
     except Exception as error:

@@ -88,7 +88,7 @@ def test_the_panel_shows_a_flagged_regions_results_and_acts_on_that_region_only(
     text = ctx.panel.state["text"]
     assert f"#### {patch.ground_truth.label}  (ground_truth, annotation)" in text
     assert f"Prediction: **{prediction.label}**" in text and "class mistakenness" in text
-    assert ctx.panel.data["picture"].startswith("data:image/png;base64,")
+    assert ctx.panel.data["picture"].startswith("data:image/jpeg;base64,")
     region = region_of(dataset, label_id)
     assert ctx.panel.data["topk"][0]["y"] == region.mi_embedding_topk_labels[::-1]  # most likely at the top
     assert ctx.panel.data["topk"][0]["x"] == region.mi_embedding_topk_scores[::-1]
