@@ -544,7 +544,7 @@ class ShowRegionHeatmaps(_Summarised):
         inputs = types.Object()
         if ctx.dataset is not None and source_dataset(ctx.dataset) is not None:
             inputs.view("back", types.Notice(label="Back to the dataset these heatmaps explain"))
-        elif not (ctx.selected_labels or ctx.selected or ctx.view._is_patches):
+        elif not (ctx.selected_labels or ctx.selected or (ctx.view is not None and ctx.view._is_patches)):
             inputs.view("none", types.Warning(label="Select regions (or samples) in the App first"))
         return _form(inputs, "Region heatmaps")
 
