@@ -174,3 +174,20 @@ def delete_with_heatmaps(dataset) -> None:
     if companion is not None:
         companion.delete()
     dataset.delete()
+
+
+def reviewed_coco(folder: Path, samples: int = 2, seed: int = 4):
+    """COCO images embedded with a tiny model saved to ``folder`` (so any process, the plugin's operators
+    included, reloads it), relabelled and mask-scored with suggestions (one template); returns
+    (dataset, the backbone object of those weights)."""
+    import fiftyone_maskinversion.fo as mifo
+
+    dataset = load_coco(samples)
+    checkpoint = save_checkpoint(Path(folder) / "tiny.pt", seed=seed)
+    mifo.compute_region_embeddings(dataset, "ground_truth", model_name="mi-test-tiny", pretrained=checkpoint,
+                                   image_size=64, iterations=1)
+    backbone = make_backbone(seed=seed)
+    mifo.zero_shot_relabel(dataset, "ground_truth", prompt="a photo of a {}.", backbone=backbone)
+    mifo.score_masks(dataset, "ground_truth", prompt="a photo of a {}.", min_missing_score=0.0, confirmation=0.0,
+                     backbone=backbone)
+    return dataset, backbone

@@ -17,7 +17,8 @@ from PIL import Image
 import fiftyone_maskinversion.fo as mifo
 from fiftyone_maskinversion.fo.appearance import REVIEW_OPACITY
 
-from ..helpers import REPO, delete_with_heatmaps, free_port, load_coco, make_backbone, save_checkpoint, wait_for_port
+from ..helpers import (REPO, delete_with_heatmaps, free_port, load_coco, make_backbone, reviewed_coco, save_checkpoint,
+                       wait_for_port)
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -260,6 +261,7 @@ def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url,
                                 f"[data-cy='checkbox-{field}'] .Mui-checked").count() > 0, field
         dataset.reload()
         assert dataset.app_config.color_scheme.opacity == REVIEW_OPACITY  # stored as the dataset's default...
+        _close_result(page)  # the operator's summary
         page.locator("[data-cy='action-color-settings']").first.click()
         time.sleep(2)
         sliders = page.evaluate("Array.from(document.querySelectorAll('input[type=range]')).map(e => e.value)")
@@ -293,5 +295,143 @@ def test_the_search_operator_shows_the_query_words_in_the_view_bar(app_url, page
         bar = page.locator("[data-cy='view-bar']").first
         values = bar.evaluate("bar => Array.from(bar.querySelectorAll('input')).map(e => e.value)")
         assert values[values.index("SortBySimilarity") + 1] == "a striped chair", values  # the stage's query
+    finally:
+        delete_with_heatmaps(dataset)
+
+
+def _close_result(page):
+    """Close an operator's result dialog (its summary) if one is open."""
+    close = page.get_by_role("button", name="Close")
+    if close.count() and close.first.is_visible():
+        close.first.click()
+        time.sleep(1)
+
+
+def _open_region_in_panel(page, shot):
+    """Open the grid's first tile in the modal and show the MaskInversion panel; returns the panel's text."""
+    _close_result(page)
+    dismiss = page.get_by_text("Dismiss", exact=True)
+    if dismiss.count() and dismiss.first.is_visible():
+        dismiss.first.click()
+    page.locator("[data-cy='looker']").first.click()
+    _wait_for(page, "[data-cy='modal']", timeout=30_000)
+    time.sleep(3)
+    tab = page.locator("[data-cy='panel-tab-maskinversion_panel']")
+    if tab.count():  # offered as a tab the first time
+        tab.first.click()
+    else:  # later through the modal's "+" (new panel) menu
+        page.locator("[data-cy='modal'] [data-cy='new-panel-btn']").first.click()
+        page.get_by_text("MaskInversion", exact=True).last.click()
+    _wait_for(page, "text=Accept prediction", timeout=60_000)
+    try:  # the heatmap picture is decoded and drawn at its size (not an empty frame)
+        page.wait_for_function("() => Array.from(document.querySelectorAll(\"[data-cy='modal'] img[src^='data:image/jpeg']\"))"
+                               ".some(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().height > 300)",
+                               timeout=30_000)
+    except Exception as error:
+        raise _page_failure(page, "app-panel-picture.png", "the panel's heatmap picture is not drawn") from error
+    time.sleep(2)
+    page.screenshot(path=str(ARTIFACTS / shot))
+    return " ".join(page.locator("[data-cy='modal']").inner_text().split())
+
+
+def _close_modal(page):
+    """Close the sample modal (a click beside it; Escape where the click lands on it) and wait until it is gone."""
+    _close_result(page)
+    for _ in range(3):
+        page.mouse.click(8, 890)
+        page.keyboard.press("Escape")
+        try:
+            page.wait_for_selector("[data-cy='modal']", state="hidden", timeout=5_000)
+            return
+        except Exception:
+            continue
+    raise _page_failure(page, "app-modal-stays.png", "the sample modal did not close")
+
+
+def _poll(check, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
+    """Issue 16's loop: find_mislabeled -> a flagged region in the modal -> the panel shows its heatmap,
+    prediction and scores -> accept -> undo -> find_bad_masks from that same view -> the panel shows the
+    mask score -> tag it -> search in words (the view bar reads them) -> the missing-region suggestions."""
+    dataset, _ = reviewed_coco(tmp_path, samples=2)
+    dataset.persistent = True
+    try:
+        mislabeled = mifo.find_mislabeled(dataset, "ground_truth")
+        first = mislabeled.first()
+        region_id, annotated = first.ground_truth.id, first.ground_truth.label
+        predicted = mifo.prediction_of(first, "ground_truth_mi_embedding_relabel").label
+        label = lambda: dataset.select_labels(ids=[region_id]).first().ground_truth.detections[0]  # noqa: E731
+
+        _open(page, f"{app_url}/datasets/{dataset.name}")
+        _run_operator(page, "MaskInversion: show likely mislabeled regions",
+                      lambda ms: page.wait_for_selector(f"text={len(mislabeled)} patches", timeout=ms))
+        assert page.get_by_text("sorted by class mistakenness", exact=False).count()  # the summary says the sort
+        _close_result(page)
+        time.sleep(2)
+        page.screenshot(path=str(ARTIFACTS / "app-loop-mislabeled.png"))
+        # each tile's two label pills: the annotation in one colour, the prediction in another, on every tile
+        pills = page.evaluate("() => Array.from(document.querySelectorAll(\"[data-cy='looker'] div\"))"
+                              ".filter(d => !d.children.length && d.innerText)"
+                              ".map(d => getComputedStyle(d).backgroundColor)")
+        assert len(pills) == 2 * len(mislabeled), pills
+        assert len(set(pills[0::2])) == 1 and len(set(pills[1::2])) == 1 and pills[0] != pills[1], pills
+
+        text = _open_region_in_panel(page, "app-loop-panel.png")
+        assert f"{annotated} (ground_truth, annotation)" in text and f"Prediction: {predicted}" in text
+        assert "Dice" in text and "class mistakenness" in text and "Top-k zero-shot prediction" in text
+
+        page.get_by_role("button", name="Accept prediction").click()
+        _poll(lambda: label().label == predicted, "Accept did not relabel the region")
+        _wait_for(page, "text=Relabelled by the package from", timeout=30_000)
+        page.get_by_role("button", name="Undo").click()
+        _poll(lambda: label().label == annotated and not label().get_attribute_value("mi_embedding_relabel_to", None),
+              "Undo did not restore the annotation")
+        second = mislabeled.skip(1).first()  # Next: the view's next region, in the panel too
+        page.get_by_role("button", name="Next").click()
+        _wait_for(page, f"[data-cy='modal'] >> text={second.id}", timeout=30_000)  # the modal's sample id
+        _wait_for(page, f"text={second.ground_truth.label}  (ground_truth, annotation)".replace("  ", " "),
+                  timeout=30_000)
+
+        _close_modal(page)  # back to the mislabeled view's grid
+        scored = dataset.count("ground_truth.detections.mi_embedding_mask_mistakenness")
+        _run_operator(page, "MaskInversion: find bad masks and missing regions",
+                      lambda ms: page.wait_for_selector(f"text={scored} patches", timeout=ms))
+        page.screenshot(path=str(ARTIFACTS / "app-loop-badmasks.png"))
+        worst = mifo.find_bad_masks(dataset, "ground_truth").first().ground_truth
+        text = _open_region_in_panel(page, "app-loop-panel-badmask.png")
+        assert f"Mask mistakenness {worst.mi_embedding_mask_mistakenness:.2f}" in text
+        page.get_by_role("button", name="mi:bad-mask").click()
+        _poll(lambda: dataset.count_label_tags() == {"mi:bad-mask": 1}, "the tag was not written")
+        assert dataset.select_labels(tags="mi:bad-mask").values("ground_truth.detections.id", unwind=True) == [worst.id]
+
+        _close_modal(page)
+        _run_operator(page, "MaskInversion: build the region index (search in words)",
+                      lambda ms: page.wait_for_selector("text=Text queries work", timeout=ms), timeout=120_000)
+        _close_result(page)
+        page.keyboard.press("`")
+        page.keyboard.type("search regions")
+        page.get_by_text("MaskInversion: search regions by text or region").first.click()
+        _wait_for(page, "text=Text query", timeout=30_000)
+        time.sleep(2)
+        page.locator("[role='dialog'] input[type='string'][value='']").first.fill("a photo of a red circle")
+        page.locator("input[value='25']").fill("3")
+        page.get_by_role("button", name="Execute").click()
+        _wait_for(page, "text=3 patches", timeout=60_000)
+        _close_result(page)
+        bar = page.locator("[data-cy='view-bar']").first
+        values = bar.evaluate("bar => Array.from(bar.querySelectorAll('input')).map(e => e.value)")
+        assert values[values.index("SortBySimilarity") + 1] == "a photo of a red circle", values
+        page.screenshot(path=str(ARTIFACTS / "app-loop-search.png"))
+
+        suggested = dataset.count("ground_truth_mi_embedding_missing.detections")
+        _run_operator(page, "MaskInversion: show suggested missing regions",
+                      lambda ms: page.wait_for_selector(f"text={suggested} patches", timeout=ms))
+        page.screenshot(path=str(ARTIFACTS / "app-loop-missing.png"))
     finally:
         delete_with_heatmaps(dataset)
