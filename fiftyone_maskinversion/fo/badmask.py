@@ -16,13 +16,14 @@ from ..core.badmask import review_masks
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter
 from .arguments import check_probability
-from .ownership import check_free, check_name, claim
+from .ownership import check_free, check_name, check_output_field, claim, set_role
 from .regions import LabelError, attribute, declare_attributes, list_path, region_mask, regions_of
 from .run_views import current_regions, samples_with_current
 from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run, settings_digest, update_run
+from .targets import resolve_target
 from .vocabulary import vocabulary
 
-REVIEW_ATTRIBUTES = {"mask_mistakenness": fo.FloatField, "mask_review": fo.StringField}
+MASK_REVIEW_ATTRIBUTES = {"mask_mistakenness": fo.FloatField, "mask_review": fo.StringField}
 
 
 @dataclass
@@ -63,15 +64,17 @@ def score_masks(
     from ``confirmation``), owned by the run. One image forward per sample (and one inversion of the
     candidate boxes where there are some); the vocabulary is ``classes`` or the field's labels.
     """
+    samples = resolve_target(samples).samples  # a review view (patches, heatmaps) stands for its samples
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._root_dataset
     check_probability("min_missing_score", min_missing_score)
     check_probability("confirmation", confirmation)
     missing_field = (missing_field or default_missing_field(run)) if suggest_missing else None
     if missing_field:
-        check_name("field", missing_field, "missing_field")
+        check_name(missing_field, "missing_field")
+        check_output_field(run, missing_field, "missing")
         check_free(dataset, run, "field", missing_field)
-    paths = attribute_paths(dataset, run.regions_field, run.embeddings_field, REVIEW_ATTRIBUTES)
+    paths = attribute_paths(dataset, run.regions_field, run.embeddings_field, MASK_REVIEW_ATTRIBUTES)
     for path in paths.values():
         check_free(dataset, run, "attribute", path)
     review = {"classes": sorted(classes) if classes else None, "prompt": prompt, "missing_field": missing_field,
@@ -79,7 +82,7 @@ def score_masks(
     stamp = settings_digest({**review, "run": run.stamp})
     names = attribute_names(run.embeddings_field)
     if run.mask_review and run.mask_review["settings"] != review and not overwrite:
-        other = current_regions(samples, run).filter_labels(
+        other = current_regions(dataset, run).filter_labels(  # the whole dataset, never the view
             run.regions_field, F(names["mask_review"]).exists() & (F(names["mask_review"]) != stamp))
         if len(other):
             changed = {k: (run.mask_review["settings"].get(k), v) for k, v in review.items()
@@ -93,11 +96,11 @@ def score_masks(
                             blocks=settings["blocks"], precision=settings.get("precision", "fp32"))
 
     if missing_field:
-        run = claim(dataset, run, "field", [missing_field])
+        run = set_role(dataset, claim(dataset, run, "field", [missing_field]), "missing_field", missing_field)
     run = claim(dataset, run, "attribute", paths.values())
     run = update_run(dataset, run, set_={"mask_review": {"settings": review, "stamp": stamp}})
     declare_attributes(dataset, list_path(dataset, run.regions_field),
-                       {names[key]: kind for key, kind in REVIEW_ATTRIBUTES.items()})
+                       {names[key]: kind for key, kind in MASK_REVIEW_ATTRIBUTES.items()})
     if missing_field and not dataset.has_sample_field(missing_field):
         dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     if missing_field:

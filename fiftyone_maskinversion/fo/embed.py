@@ -23,6 +23,7 @@ from .adoption import adopt_region_runs
 from .arguments import check_count, check_shard
 from .ownership import check_free, check_name, claim, release, set_role
 from .prefetch import prefetched
+from .targets import resolve_target
 from .regions import (
     LabelError,
     attribute,
@@ -35,7 +36,7 @@ from .regions import (
     regions_of,
 )
 from .runs import (
-    REVIEW_ATTRIBUTES,
+    EMBEDDING_REVIEW_ATTRIBUTES,
     RegionRun,
     attribute_names,
     attribute_paths,
@@ -44,6 +45,7 @@ from .runs import (
     make_settings,
     new_run,
     restart_run,
+    see_other_processes,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,16 +139,17 @@ def compute_region_embeddings(
     anything is written; the run's settings are recorded only once it starts.
     """
     start = time.perf_counter()
+    samples = resolve_target(samples).samples  # a review view (patches, heatmaps) stands for its samples
     dataset = samples._root_dataset
     check_method(iterations, lr, alpha)
     check_count("batch_size", batch_size)
     shard_view = samples if shard is None else _shard(samples, check_shard(shard))
-    check_name("attribute", embeddings_field, "embeddings_field")
+    check_name(embeddings_field, "embeddings_field")
     segmentation = label_type(samples, label_field) is fo.Segmentation
     if regions_field is not None and not segmentation:
         raise ValueError(f"regions_field is for Segmentation fields; {label_field!r} holds its regions itself")
     if regions_field is not None:
-        check_name("field", regions_field, "regions_field")
+        check_name(regions_field, "regions_field")
     if heatmaps not in heatmap_store.STORAGES:
         raise ValueError(f"heatmaps must be one of {heatmap_store.STORAGES}, got {heatmaps!r}")
     if heatmaps_dir is not None and heatmaps != "files":
@@ -157,7 +160,7 @@ def compute_region_embeddings(
             "other weights, so shards, resumes and later steps would mix models. Pass an open_clip tag, "
             "a checkpoint file (save a model with torch.save(model.state_dict(), path)), or backbone="
         )
-    dataset.reload()  # see what other processes added (fields, brain runs) before checking names
+    see_other_processes(dataset)  # what other processes added (fields, brain runs), before checking names
     adopt_region_runs(dataset)  # an explicit step: a clone's runs become this dataset's before anything else
     run = find_run(dataset, label_field, embeddings_field)
     regions_field = _regions_field(label_field, regions_field, run, segmentation)
@@ -328,7 +331,7 @@ def _gather(sample, prepared: PreparedSample, run: RegionRun, pending: Callable,
     summary.recomputed_missing_heatmap += lost
     work = _Work(sample, prepared.image)
     for region in todo:
-        for key in REVIEW_ATTRIBUTES:  # they described the embedding about to be replaced
+        for key in EMBEDDING_REVIEW_ATTRIBUTES:  # they described the embedding about to be replaced
             if attribute(region, names[key]) is not None:
                 region[names[key]] = None
         mask = prepared.image_error or prepared.masks.get(region.id)

@@ -26,7 +26,7 @@ ARGUMENT = {"field": "pred_field / missing_field / regions_field", "attribute": 
             "brain_key": "brain_key", "folder": "heatmaps_dir"}  # the argument that names each kind
 
 
-def check_name(kind: str, name: str, what: str) -> None:
+def check_name(name: str, what: str) -> None:
     """Raise ValueError unless ``name`` is a plain identifier (no dots, not private)."""
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"{what} {name!r} must be a plain name (letters, digits, underscores; no dots; not "
@@ -97,6 +97,20 @@ def release(samples, run: RegionRun, kind: str, names: Iterable[str]) -> RegionR
     return update_run(samples, run, pull={f"owned.{kind}": {"$in": list(names)}})
 
 
+def check_output_field(run: RegionRun, name: str, role: str) -> None:
+    """A field plays one role for a run: its label and regions fields are never outputs, and predictions
+    and missing-region suggestions never share a field (``role``: "predictions" or "missing")."""
+    other = run.roles.get("missing_field") if role == "predictions" else None
+    taken = {run.label_field: "its label field", run.regions_field: "its regions field"}
+    if role == "missing":
+        taken.update({f: "its predictions" for f in run.pred_fields if f != run.roles.get("missing_field")})
+    elif other:
+        taken[other] = "its missing-region suggestions"
+    if name in taken:
+        raise ValueError(f"field {name!r} holds {taken[name]} of {run.describe()}; pass another "
+                         f"{'pred_field' if role == 'predictions' else 'missing_field'}")
+
+
 def set_role(samples, run: RegionRun, role: str, name: Optional[str]) -> RegionRun:
     """Name which owned brain key plays ``role`` (``brain_key``: the region index; ``visualization_key``)."""
     return update_run(samples, run, set_={f"roles.{role}": name})
@@ -107,7 +121,7 @@ def claim_brain_run(samples, run: RegionRun, role: str, brain_key: str, overwrit
     computation is still deleted with the run). An existing brain run of that key must be this run's own
     and ``overwrite`` asked for; it is then deleted."""
     dataset = samples._root_dataset
-    check_name("brain_key", brain_key, "brain_key")
+    check_name(brain_key, "brain_key")
     check_free(dataset, run, "brain_key", brain_key)
     if brain_key in dataset.list_brain_runs():
         if not overwrite:

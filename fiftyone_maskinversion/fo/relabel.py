@@ -19,10 +19,11 @@ from ..core.backbone import Backbone
 from ..core.zeroshot import class_probabilities, mistakenness
 from . import heatmaps as heatmap_store
 from .arguments import check_count, check_probability
-from .ownership import check_free, check_name, claim
+from .ownership import check_free, check_name, check_output_field, claim
 from .regions import attribute, container_of, declare_attributes, geometry_copy, list_path, regions_of
 from .run_views import samples_with_current
 from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run
+from .targets import resolve_target
 from .vocabulary import vocabulary
 
 # what each prediction carries besides a label's own fields, declared so the App's sidebar filters on them
@@ -101,10 +102,12 @@ def zero_shot_relabel(
     never overwritten. The vocabulary's text embeddings are computed once and stored with the run
     (``progress(done, total)`` counts the classes embedded); later steps in any process read them.
     """
+    samples = resolve_target(samples).samples  # a review view (patches, heatmaps) stands for its samples
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._root_dataset
     pred_field = pred_field or default_pred_field(run)
-    check_name("field", pred_field, "pred_field")
+    check_name(pred_field, "pred_field")
+    check_output_field(run, pred_field, "predictions")
     check_free(dataset, run, "field", pred_field)
     if run.owns("field", pred_field) and dataset.has_sample_field(pred_field) and not overwrite:
         raise ValueError(f"field {pred_field!r} already exists in {dataset.name!r}; pass overwrite=True")
@@ -192,6 +195,7 @@ def apply_relabel(
     Segmentation field the derived regions are relabelled; the mask itself is not changed.)
     """
     check_probability("threshold", threshold)
+    samples, label_ids = _as_regions(samples, label_ids)
     run, pred_field = run_and_pred_field(samples, label_field, embeddings_field, pred_field)
     dataset = samples._root_dataset
     wanted = _label_ids(label_ids)
@@ -217,8 +221,7 @@ def apply_relabel(
                 continue
             elif region.label != prediction["gt_label"]:
                 changes.skipped_edited.append(region.id)
-            elif (attribute(region, names["run"]) != prediction["run_stamp"]
-                  or attribute(region, names["predicted_label"]) != prediction.label):
+            elif attribute(region, names["run"]) != prediction["run_stamp"]:
                 changes.skipped_stale.append(region.id)
             elif attribute(region, names["low_fidelity"]) and not include_low_fidelity:
                 changes.skipped_low_fidelity.append(region.id)
@@ -237,6 +240,7 @@ def undo_relabel(samples, label_field: str, label_ids: Optional[Sequence[str]] =
     """Undo the latest applied relabel of each region (of ``label_ids``, or all): its label goes back to
     what it was, only where it is still the label apply_relabel set (a label edited since is kept and
     reported). Calling it again undoes the apply before that."""
+    samples, label_ids = _as_regions(samples, label_ids)
     run = require_run(samples, label_field, embeddings_field)
     dataset = samples._root_dataset
     wanted = _label_ids(label_ids)
@@ -261,6 +265,13 @@ def undo_relabel(samples, label_field: str, label_ids: Optional[Sequence[str]] =
     if not dry_run:
         heatmap_store.update_labels(dataset, run.regions_field, {i: new for i, (_, new) in changes.changed.items()})
     return changes
+
+
+def _as_regions(samples, label_ids) -> tuple:
+    """(the user's samples, the regions to act on): a review view (patches, heatmaps) stands for its samples
+    and, unless ``label_ids`` are given, for the regions it shows."""
+    target = resolve_target(samples)
+    return target.samples, label_ids if label_ids is not None else target.label_ids
 
 
 def _push_history(region, names: dict, before: str, after: str) -> None:

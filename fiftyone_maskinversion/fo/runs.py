@@ -120,7 +120,7 @@ def attribute_paths(samples, regions_field: str, embeddings_field: str, keys=Non
 
 
 # the attributes that describe one embedding: cleared whenever a region's embedding is recomputed
-REVIEW_ATTRIBUTES = ("predicted_label", "topk_labels", "topk_scores", "mistakenness", "low_fidelity",
+EMBEDDING_REVIEW_ATTRIBUTES = ("predicted_label", "topk_labels", "topk_scores", "mistakenness", "low_fidelity",
                      "mask_mistakenness", "mask_review")
 
 
@@ -193,11 +193,24 @@ def find_run(samples, label_field: str, embeddings_field: str) -> Optional[Regio
     return matches[0] if matches else None
 
 
+def see_other_processes(samples) -> None:
+    """Refresh the dataset's schema and run lists from the database (fields and brain runs other processes
+    added), leaving the user's in-memory samples and their unsaved edits alone (``Dataset.reload`` would
+    reload those too)."""
+    samples._root_dataset._reload(hard=True)
+
+
 def require_run(samples, label_field: str, embeddings_field: str) -> RegionRun:
-    """The run, or a clear error naming what exists and what to do first. The dataset's in-memory copy is
-    reloaded first (a read), so fields and brain runs that other processes added are seen."""
-    samples._root_dataset.reload()
+    """The run, or a clear error naming what exists and what to do first (the dataset's schema is refreshed
+    first, see :func:`see_other_processes`). A run whose label field is gone (renamed) is refused with the
+    way back, before anything is read or written."""
+    see_other_processes(samples)
     run = find_run(samples, label_field, embeddings_field)
+    gone = [f for f in (run.label_field, run.regions_field) if not samples._root_dataset.has_sample_field(f)] if run else []
+    if gone:
+        raise ValueError(f"{run.describe()}: field {gone[0]!r} no longer exists in "
+                         f"{samples._root_dataset.name!r}; a run follows no rename (nor do FiftyOne's brain runs), "
+                         "so rename the field back first")
     if run is not None:
         return run
     dataset = samples._root_dataset
@@ -225,12 +238,13 @@ def label_stamps(dataset, regions_field: str, embeddings_field: str) -> List[str
     return [s for s in dataset.distinct(path) if isinstance(s, str) and "." in s] if dataset.has_field(path) else []
 
 
-def record_of_stamp(stamp: str, dataset_id=None) -> Optional[dict]:
-    """The stored record (raw) of the run that wrote ``stamp``, in the given dataset or any."""
-    query = {"config.method": METHOD, "config.run_uid": stamp.split(".")[0]}
-    if dataset_id is not None:
-        query["_dataset_id"] = dataset_id
-    return _collection().find_one(query)
+def record_of_stamp(stamp: str) -> Optional[dict]:
+    """The stored record (raw) of the run that wrote ``stamp`` with exactly those settings (a dataset clone
+    shares the run uid, not later settings), the earliest made if several datasets hold one."""
+    uid, _, settings_id = stamp.partition(".")
+    docs = _collection().find({"config.method": METHOD, "config.run_uid": uid, "config.settings_id": settings_id},
+                              {TEXT_CACHE: 0}).sort("timestamp", 1).limit(1)
+    return next(iter(docs), None)
 
 
 def cloned_from(dataset, label_field: str, embeddings_field: str) -> Optional[str]:
@@ -329,16 +343,6 @@ def _free_key(dataset, label_field: str, embeddings_field: str) -> str:
             label_field, embeddings_field):
         key, suffix = f"{base}_{suffix}", suffix + 1
     return key
-
-
-def regions_field_for(samples, label_field: str, embeddings_field: Optional[str] = None) -> str:
-    """Where a field's regions live: the field itself, the run's derived field of a Segmentation, or
-    (no run yet) the default derived name ``<field>_regions``."""
-    if label_type(samples, label_field).__name__ != "Segmentation":
-        return label_field
-    runs = [r for r in list_region_runs(samples) if r.label_field == label_field
-            and (embeddings_field is None or r.embeddings_field == embeddings_field)]
-    return runs[0].regions_field if runs else f"{label_field}_regions"
 
 
 def backbone_for(run: RegionRun, backbone: Optional[Backbone] = None, device=None) -> Backbone:
