@@ -14,7 +14,7 @@ from typing import List
 import fiftyone as fo
 
 from . import heatmaps as heatmap_store
-from .ownership import exists
+from .ownership import exists, still_owned
 from .regions import REGION_TYPES
 from .runs import (
     OWNED_KINDS,
@@ -75,8 +75,8 @@ def _take_over(dataset, run, source_dataset_id: str, owned: dict, heatmaps: dict
         base = os.path.dirname(os.path.dirname(heatmaps["folder"]))
         folder = heatmap_store.run_folder(base, dataset, run.run_uid)
     heatmap_store.copy_for_clone(source_dataset_id, dataset, run.regions_field, run.embeddings_field, folder)
-    kept = {kind: [n for n in owned.get(kind, []) if kind != "folder" and exists(dataset, kind, n)]
-            for kind in OWNED_KINDS}
+    kept = {kind: [n for n in owned.get(kind, []) if kind != "folder" and exists(dataset, kind, n)
+                   and still_owned(dataset, run, kind, n)] for kind in OWNED_KINDS}  # never a same-named field of yours
     kept["folder"] = [folder] if folder else []
     update_run(dataset, run, set_={"dataset_id": str(dataset._doc.id), "owned": kept,
                                    "heatmaps": {**heatmaps, "folder": folder} if heatmaps else heatmaps})

@@ -16,7 +16,7 @@ from ..core.badmask import review_masks
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter
 from .arguments import check_probability
-from .ownership import check_free, check_name, check_output_field, claim, set_role
+from .ownership import check_free, check_name, check_output_field, claim, mark_field, set_role
 from .regions import LabelError, attribute, declare_attributes, list_path, region_mask, regions_of
 from .run_views import current_regions, samples_with_current
 from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run, settings_digest, update_run
@@ -103,6 +103,8 @@ def score_masks(
                        {names[key]: kind for key, kind in MASK_REVIEW_ATTRIBUTES.items()})
     if missing_field and not dataset.has_sample_field(missing_field):
         dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    if missing_field:
+        mark_field(dataset, run, missing_field)
     if missing_field:
         declare_attributes(dataset, list_path(dataset, missing_field), {"confirmation": fo.FloatField})
     fields = [run.regions_field] + ([missing_field] if missing_field else [])

@@ -6,7 +6,7 @@ import shutil
 
 from .. import defaults
 from . import heatmaps as heatmap_store
-from .ownership import owners
+from .ownership import owners, release_all, still_owned
 from .runs import attribute_paths, delete_run_record, list_region_runs, require_run
 
 
@@ -32,7 +32,7 @@ def delete_region_results(samples, label_field: str, embeddings_field: str = def
                "regions_field_kept": None}
     deleted["heatmaps"] = heatmap_store.delete_run_heatmaps(dataset, run.regions_field, run.embeddings_field)
     for key in run.owned.get("brain_key", []):
-        if key in dataset.list_brain_runs():
+        if still_owned(dataset, run, "brain_key", key):
             dataset.delete_brain_run(key)
             deleted["brain_runs"].append(key)
     others = [r for r in list_region_runs(dataset) if r.key != run.key]
@@ -41,8 +41,8 @@ def delete_region_results(samples, label_field: str, embeddings_field: str = def
             dataset.delete_sample_field(path)
             deleted["attributes"].append(path)
     for field in run.owned.get("field", []):
-        if owners(dataset, "field", field, others) or not dataset.has_sample_field(field):
-            continue  # a derived regions field another run of its Segmentation field still uses
+        if owners(dataset, "field", field, others) or not still_owned(dataset, run, "field", field):
+            continue  # a derived regions field another run still uses, or a field that is not the run's any more
         if field == run.regions_field:
             kept = _curators_data(dataset, field, run)
             if kept:
@@ -55,6 +55,7 @@ def delete_region_results(samples, label_field: str, embeddings_field: str = def
             deleted["pred_fields"].append(field)
     for folder in run.owned.get("folder", []):  # the run's own heatmap files' folder (see heatmaps.run_folder)
         shutil.rmtree(folder, ignore_errors=True)
+    release_all(dataset, run)
     delete_run_record(dataset, run)
     return deleted
 

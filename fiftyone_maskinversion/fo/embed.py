@@ -21,7 +21,7 @@ from . import heatmaps as heatmap_store
 from . import leases
 from .adoption import adopt_region_runs
 from .arguments import check_count, check_shard
-from .ownership import check_free, check_name, claim, release, set_role
+from .ownership import check_free, check_name, claim, mark_field, release, set_role, still_owned
 from .prefetch import prefetched
 from .targets import resolve_target
 from .regions import (
@@ -199,6 +199,7 @@ def compute_region_embeddings(
         run = claim(dataset, run, "field", [regions_field], label_field=label_field)
         summary.failed += [(sample_id, None, reason) for sample_id, reason in
                            derive_segmentation_regions(shard_view, label_field, regions_field)]
+        mark_field(dataset, run, regions_field)
     names = attribute_names(embeddings_field)
     run = claim(dataset, run, "attribute", [paths[key] for key in INVERSION_ATTRIBUTES])
     declare_attributes(dataset, list_path(dataset, regions_field),
@@ -408,7 +409,7 @@ def _update_index(dataset, run: RegionRun, summary: RegionRunSummary) -> int:
     regions computed now are added or replaced, those that now have no embedding removed; returns how many
     were added or replaced."""
     key = run.brain_key
-    if not key or key not in dataset.list_brain_runs():
+    if not key or not still_owned(dataset, run, "brain_key", key):
         return 0
     index = dataset.load_brain_results(key)
     if summary.failed_ids:

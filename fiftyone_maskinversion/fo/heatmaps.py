@@ -52,7 +52,9 @@ def heatmaps_dataset(dataset: fo.Dataset, create: bool = False) -> Optional[fo.D
         return None
     try:
         companion = fo.Dataset(name)
-    except ValueError:  # another worker created it meanwhile
+    except Exception:  # another worker created it meanwhile (FiftyOne or the database says so)
+        if not fo.dataset_exists(name):
+            raise
         return fo.load_dataset(name)
     companion.media_type = "image"  # set while empty: concurrent workers then agree on it
     companion.persistent = True  # removed with its dataset, never by FiftyOne's clean-up (module docstring)

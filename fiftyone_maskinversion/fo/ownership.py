@@ -16,8 +16,11 @@ import os
 from typing import Iterable, Optional
 
 import fiftyone as fo
+import fiftyone.core.odm as foo
 from fiftyone import ViewField as F
+from pymongo.errors import DuplicateKeyError
 
+from .region_index import is_region_index
 from .runs import RegionRun, list_region_runs, update_run
 
 # names a region label uses for its own data (FiftyOne's label fields, COCO's): never a run's attribute
@@ -58,16 +61,45 @@ def exists(samples, kind: str, name: str) -> bool:
     return bool(len(dataset.filter_labels(label_field, F(attribute).exists(), only_matches=True).limit(1)))
 
 
+MARK = "maskinversion_run"  # in a field's info: the run uid that made the field
+
+
+def mark_field(samples, run: RegionRun, name: str) -> None:
+    """Write the run's uid into the info of a field it created (a clone copies it; a field the user makes
+    later under the same name lacks it, so it is never taken for the run's)."""
+    field = samples._root_dataset.get_field(name)
+    if (field.info or {}).get(MARK) != run.run_uid:
+        field.info = {**(field.info or {}), MARK: run.run_uid}
+        field.save()
+
+
+def still_owned(samples, run: RegionRun, kind: str, name: str) -> bool:
+    """Whether data under an owned name is still the run's: a field carries the run's mark, a brain run is
+    the region index or the run's layout; attributes and folders are the run's while owned."""
+    dataset = samples._root_dataset
+    if kind == "field":
+        field = dataset.get_field(name) if dataset.has_sample_field(name) else None
+        return field is not None and (field.info or {}).get(MARK) == run.run_uid
+    if kind == "brain_key":
+        if name not in dataset.list_brain_runs():
+            return False
+        config = dataset.get_brain_info(name).config
+        return is_region_index(config) or getattr(config, "patches_field", None) == run.regions_field
+    return True
+
+
 def check_free(samples, run: Optional[RegionRun], kind: str, name: str, label_field: Optional[str] = None,
                runs: Optional[list] = None) -> None:
     """Raise ValueError unless ``run`` (None: a run not started yet) may write ``name``: it owns it, or
     the name holds no data and no other run owns it (a derived regions field may be shared by the runs
     of its Segmentation field ``label_field``). Writes nothing."""
-    if run is not None and run.owns(kind, name):
+    if run is not None and run.owns(kind, name) and (not exists(samples, kind, name)
+                                                     or still_owned(samples, run, kind, name)):
         return
     if kind == "attribute" and name.rpartition(".")[2] in LABEL_OWN_NAMES:
         raise ValueError(f"{name!r} is a label's own field; pass another {ARGUMENT[kind]}")
-    others = [r for r in owners(samples, kind, name, runs) if run is None or r.key != run.key]
+    others = [r for r in owners(samples, kind, name, runs) if (run is None or r.key != run.key)
+              and (not exists(samples, kind, name) or still_owned(samples, r, kind, name))]
     if kind == "field" and label_field and others and all(r.regions_field == name and r.label_field == label_field
                                                           for r in others):
         return
@@ -89,12 +121,54 @@ def claim(samples, run: RegionRun, kind: str, names: Iterable[str], label_field:
     runs = list_region_runs(samples)
     for name in names:
         check_free(samples, run, kind, name, label_field, runs)
-    return update_run(samples, run, add={f"owned.{kind}": {"$each": names}})
+    for name in names:
+        _lock(samples, run, kind, name, label_field)
+    run = update_run(samples, run, add={f"owned.{kind}": {"$each": names}})
+    return run
 
 
 def release(samples, run: RegionRun, kind: str, names: Iterable[str]) -> RegionRun:
     """Record that the run no longer owns ``names`` (after their data was deleted)."""
-    return update_run(samples, run, pull={f"owned.{kind}": {"$in": list(names)}})
+    names = list(names)
+    for name in names:
+        _locks().update_one({"_id": _lock_id(samples, kind, name)}, {"$pull": {"runs": run.doc_id}})
+    return update_run(samples, run, pull={f"owned.{kind}": {"$in": names}})
+
+
+LOCKS = "maskinversion_name_locks"
+
+
+def _locks():
+    return foo.get_db_conn()[LOCKS]
+
+
+def _lock_id(samples, kind: str, name: str) -> str:
+    return f"{samples._root_dataset._doc.id}|{kind}|{name}"
+
+
+def _lock(samples, run: RegionRun, kind: str, name: str, label_field: Optional[str]) -> None:
+    """Make the claim of one name atomic across runs and processes: one lock document per (dataset, kind,
+    name), taken by inserting it (the runs of one Segmentation field share a derived field's lock). A lock
+    whose runs were all deleted is stale and taken over."""
+    key = _lock_id(samples, kind, name)
+    try:
+        _locks().insert_one({"_id": key, "runs": [run.doc_id], "label_field": label_field})
+        return
+    except DuplicateKeyError:
+        pass
+    lock = _locks().find_one({"_id": key}) or {"runs": []}
+    if run.doc_id in lock["runs"]:
+        return
+    holders = [r for r in list_region_runs(samples) if r.doc_id in lock["runs"]]  # records that still exist
+    if kind == "field" and label_field and holders and all(r.label_field == label_field for r in holders):
+        _locks().update_one({"_id": key}, {"$addToSet": {"runs": run.doc_id}})
+        return
+    if not holders and _locks().find_one_and_update({"_id": key, "runs": lock["runs"]},
+                                                    {"$set": {"runs": [run.doc_id], "label_field": label_field}}):
+        return
+    rival = holders[0].describe() if holders else "another run"
+    raise ValueError(f"{kind} {name!r} was claimed at the same time by the MaskInversion run of {rival}; "
+                     f"pass another {ARGUMENT[kind]}")
 
 
 def check_output_field(run: RegionRun, name: str, role: str) -> None:
@@ -128,3 +202,9 @@ def claim_brain_run(samples, run: RegionRun, role: str, brain_key: str, overwrit
             raise ValueError(f"brain run {brain_key!r} of {run.describe()} exists in {dataset.name!r}; pass overwrite=True")
         dataset.delete_brain_run(brain_key)
     return set_role(dataset, claim(dataset, run, "brain_key", [brain_key]), role, brain_key)
+
+
+def release_all(samples, run: RegionRun) -> None:
+    """Drop the run from every lock it holds (its record is about to be deleted)."""
+    _locks().update_many({"runs": run.doc_id}, {"$pull": {"runs": run.doc_id}})
+    _locks().delete_many({"runs": {"$size": 0}})

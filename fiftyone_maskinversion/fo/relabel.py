@@ -19,8 +19,8 @@ from ..core.backbone import Backbone
 from ..core.zeroshot import class_probabilities, mistakenness
 from . import heatmaps as heatmap_store
 from .arguments import check_count, check_probability
-from .ownership import check_free, check_name, check_output_field, claim
-from .regions import attribute, container_of, declare_attributes, geometry_copy, list_path, regions_of
+from .ownership import check_free, check_name, check_output_field, claim, mark_field
+from .regions import attribute, container_of, declare_attributes, geometry_copy, label_type, list_path, regions_of
 from .run_views import samples_with_current
 from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run
 from .targets import resolve_target
@@ -122,6 +122,10 @@ def zero_shot_relabel(
     run = claim(dataset, run, "attribute", paths.values())
     if dataset.has_sample_field(pred_field):
         samples.clear_sample_field(pred_field)  # overwrite: no prediction of a region no longer embedded stays
+    else:
+        dataset.add_sample_field(pred_field, fo.EmbeddedDocumentField,
+                                 embedded_doc_type=label_type(dataset, run.regions_field))
+    mark_field(dataset, run, pred_field)
     names = attribute_names(run.embeddings_field)
     declare_attributes(dataset, list_path(dataset, run.regions_field),
                        {names[key]: kind for key, kind in RELABEL_ATTRIBUTES.items()})

@@ -194,10 +194,15 @@ def find_run(samples, label_field: str, embeddings_field: str) -> Optional[Regio
 
 
 def see_other_processes(samples) -> None:
-    """Refresh the dataset's schema and run lists from the database (fields and brain runs other processes
-    added), leaving the user's in-memory samples and their unsaved edits alone (``Dataset.reload`` would
-    reload those too)."""
-    samples._root_dataset._reload(hard=True)
+    """Refresh the dataset's record from the database (runs and brain runs other processes added), leaving
+    the user's in-memory samples and their unsaved edits alone; only when another process changed the
+    schema is the dataset reloaded whole (as FiftyOne must, to know the new fields)."""
+    dataset = samples._root_dataset
+    stored = foo.get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {"sample_fields.name": 1}) or {}
+    if {f["name"] for f in stored.get("sample_fields", [])} != {f.name for f in dataset._doc.sample_fields}:
+        dataset.reload()
+    else:
+        dataset._doc.reload()
 
 
 def require_run(samples, label_field: str, embeddings_field: str) -> RegionRun:

@@ -319,7 +319,8 @@ def test_an_unreadable_segmentation_mask_is_reported_per_sample_and_the_rest_run
     assert [(sample_id, reason.split(":")[0]) for sample_id, _, reason in summary.failed] == [
         (broken.id, "cannot read the segmentation mask of 'seg'")]
     assert summary.computed == semantic.count("seg_regions.detections") > 0
-    assert semantic.first().seg_regions is None
+    broken.reload()  # the in-memory sample, as after any writer in FiftyOne
+    assert broken.seg_regions is None
 
 
 def test_a_self_intersecting_polygon_is_embedded(coco_dataset, tiny):
@@ -363,3 +364,104 @@ def test_two_identical_runs_at_once_share_the_work(tmp_path):
         assert dataset.count("ground_truth.detections.mi_embedding") == regions == len(mifo.heatmaps_dataset(dataset))
     finally:
         delete_with_heatmaps(dataset)
+
+
+def test_two_runs_claiming_one_name_at_once_leave_exactly_one_owner(coco_dataset, tiny, monkeypatch):
+    """Review finding: the check and the claim were two steps, so two runs checking at once both owned the name.
+    Here the second run's check happens before the first run's claim lands (as two processes interleave)."""
+    import fiftyone_maskinversion.fo.ownership as ownership
+
+    for family in ("ea", "eb"):
+        mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1,
+                                       embeddings_field=family)
+    first, second = (find_run(coco_dataset, "ground_truth", f) for f in ("ea", "eb"))
+    real_check = ownership.check_free
+    monkeypatch.setattr(ownership, "check_free", lambda *a, **k: None)  # both pass the check "at once"
+    results = []
+    for run in (second, first):  # the later record claims first
+        try:
+            ownership.claim(coco_dataset, run, "field", ["preds"])
+            results.append(run.embeddings_field)
+        except ValueError as err:
+            assert "claimed at the same time" in str(err)
+    monkeypatch.setattr(ownership, "check_free", real_check)
+    owners = [r.embeddings_field for r in mifo.list_region_runs(coco_dataset) if r.owns("field", "preds")]
+    assert owners == ["eb"]  # exactly one owner: the one whose claim landed first; the other was refused
+
+
+def test_a_name_freed_and_made_again_by_the_user_is_the_users(coco_dataset, tiny):
+    """Review finding: ownership outlived the data: a field the user deleted and made again under the run's name
+    was cleared by the next relabel and deleted with the run; a clone adopted a same-named field of the user's."""
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, pred_field="review", backbone=tiny)
+    coco_dataset.delete_sample_field("review")
+    coco_dataset.add_sample_field("review", fo.StringField)
+    coco_dataset.set_values("review", ["mine"] * len(coco_dataset))
+    with pytest.raises(ValueError, match="'review'.*no MaskInversion run wrote"):
+        mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, pred_field="review", overwrite=True,
+                               backbone=tiny)
+    mifo.delete_region_results(coco_dataset, "ground_truth")
+    assert coco_dataset.values("review") == ["mine"] * len(coco_dataset)
+
+
+def test_a_regions_field_is_never_an_output_field(semantic, tiny):
+    """Review finding: pred_field / missing_field equal to the run's own regions field wiped the regions."""
+    mifo.compute_region_embeddings(semantic, "seg", backbone=tiny, iterations=1)
+    regions = semantic.count("seg_regions.detections")
+    with pytest.raises(ValueError, match="holds its regions field"):
+        mifo.zero_shot_relabel(semantic, "seg", prompt=SINGLE, pred_field="seg_regions", overwrite=True,
+                               backbone=tiny)
+    with pytest.raises(ValueError, match="holds its regions field"):
+        mifo.score_masks(semantic, "seg", prompt=SINGLE, missing_field="seg_regions", backbone=tiny)
+    mifo.zero_shot_relabel(semantic, "seg", prompt=SINGLE, pred_field="p", backbone=tiny)
+    with pytest.raises(ValueError, match="holds its predictions"):
+        mifo.score_masks(semantic, "seg", prompt=SINGLE, missing_field="p", backbone=tiny)
+    assert semantic.count("seg_regions.detections") == regions
+
+
+def test_lookups_keep_the_users_unsaved_edits(coco_dataset, tiny):
+    """Review finding: every lookup reloaded the dataset, which reloads in-memory samples: unsaved edits lost."""
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, backbone=tiny)
+    sample = coco_dataset.first()
+    sample.ground_truth.detections[0].label = "fixed-by-hand"
+    sample["status"] = "reviewed"
+    mifo.find_mislabeled(coco_dataset, "ground_truth")
+    mifo.search_regions(coco_dataset, "ground_truth", text="a dog", backbone=tiny)
+    sample.save()
+    assert coco_dataset.first().ground_truth.detections[0].label == "fixed-by-hand"
+    assert coco_dataset.first().status == "reviewed"
+
+
+def test_deleting_by_a_renamed_fields_old_name_is_refused(coco_dataset, tiny):
+    """Review finding: delete by the old name deleted heatmaps and record and stranded the attributes."""
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    coco_dataset.rename_sample_field("ground_truth", "gt")
+    with pytest.raises(ValueError, match="'ground_truth' no longer exists.*rename the field back"):
+        mifo.delete_region_results(coco_dataset, "ground_truth")
+    assert len(mifo.heatmaps_dataset(coco_dataset)) == coco_dataset.count("gt.detections.mi_embedding") > 0
+    coco_dataset.rename_sample_field("gt", "ground_truth")
+    mifo.delete_region_results(coco_dataset, "ground_truth")
+    assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
+
+
+def test_a_derived_regions_field_holding_the_curators_data_is_kept(semantic, tiny):
+    """Review finding: deleting a Segmentation run deleted the curator's attributes on the derived regions."""
+    mifo.compute_region_embeddings(semantic, "seg", backbone=tiny, iterations=1)
+    sample = semantic.first()
+    sample.seg_regions.detections[0]["verified_by"] = "ana"
+    sample.save()
+    deleted = mifo.delete_region_results(semantic, "seg")
+    assert deleted["regions_field"] is None and "verified_by" in deleted["regions_field_kept"]
+    assert semantic.first().seg_regions.detections[0].verified_by == "ana"
+    assert not semantic.has_field("seg_regions.detections.mi_embedding")  # the run's own attributes went
+
+
+def test_applying_from_the_mislabeled_view_applies_its_regions(relabelled):
+    """Review finding: apply_relabel on find_mislabeled's own view crashed after claiming."""
+    dataset, changing = relabelled
+    view = mifo.find_mislabeled(dataset, "ground_truth", include_low_fidelity=True).limit(2)
+    shown = view.values("ground_truth.id")
+    changes = mifo.apply_relabel(view, "ground_truth", threshold=0.0, include_low_fidelity=True)
+    assert set(changes.changed) <= set(shown) and changes.count >= 1
+    assert dataset.count("ground_truth.detections.mi_embedding_relabel_to") == changes.count
