@@ -48,13 +48,12 @@ def test_the_model_names_single_objects(synth):
 
 def test_maskinversion_classifies_regions_far_better_than_the_global_embedding(synth, held_out):
     ours = accuracy(synth, held_out, "maskinversion", blocks=BLOCKS)
-    last_block = accuracy(synth, held_out, "maskinversion")
     clip = accuracy(synth, held_out, "clip")
-    print(f"held-out region classification Acc@1: maskinversion {ours:.3f} (last block only {last_block:.3f}), "
-          f"clip {clip:.3f}")
-    # one of 2-4 objects per scene: the global embedding can name about a third of them at best
+    print(f"held-out region classification Acc@1: maskinversion {ours:.3f}, clip {clip:.3f}")
+    # one of 2-4 objects per scene: the global embedding can name about a third of them at best.
+    # (The last block alone no longer helps with the weights retrained on both worlds: 0.333 vs clip 0.323
+    # measured, where the objects-only weights gave 0.430; the synthetic runs explain blocks 0-3.)
     assert ours >= clip + 0.35
-    assert last_block >= clip + 0.05
 
 
 def test_where_context_names_a_region_maskinversion_beats_the_crops(synth):
@@ -126,11 +125,13 @@ def test_training_leaves_the_thread_count_alone():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("seed, least", [(2024, 0.88), (4242, 0.80)])  # measured 0.909 and 0.839
-def test_the_bad_mask_finder_separates_corrupted_masks(synth, tmp_path, seed, least):
-    """``maskinversion eval badmask --synthetic 60`` (seed 2024 is the default and where the score's one
-    weight was chosen; 4242 is held out): the score ranks moved, shifted and eroded masks above correct
-    ones, better than its text-map part alone and than the crop's class probability."""
+# measured on this machine (AMD EPYC): seed 7 AUROC 0.941, 4242 0.8996 (held out: the weights were chosen on
+# seed 2024); 0.01 below, for rounding differences between CPUs that can reorder near-ties
+@pytest.mark.parametrize("seed, least", [(7, 0.93), (4242, 0.89)])
+def test_the_bad_mask_finder_separates_corrupted_masks_on_held_out_scenes(synth, tmp_path, seed, least):
+    """``maskinversion eval badmask --synthetic 60 --seed <held-out seed>``: the score ranks masks moved
+    onto another object, shifted and eroded above correct ones, better than its text-map part alone and
+    than the crop's class probability, and its localisation parts find the shifted masks."""
     from fiftyone_maskinversion.evaluation import run
     from fiftyone_maskinversion.synthetic import write_coco
 
@@ -138,7 +139,10 @@ def test_the_bad_mask_finder_separates_corrupted_masks(synth, tmp_path, seed, le
     results = run(synth, folder, tmp_path / "out", tasks=["badmask"], methods=["maskinversion", "crop"],
                   blocks=BLOCKS)["badmask"]
     ours = results["maskinversion"]
-    assert ours["auroc"] >= least and ours["auroc_swap"] >= 0.95
-    assert ours["auroc"] >= results["legrad_dice"]["auroc"] + 0.05
-    assert ours["auroc"] >= results["crop"]["auroc"] + 0.05
+    print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in ours.items() if k.startswith(("auroc", "reason"))))
+    assert ours["auroc"] >= least and ours["auroc_swap"] >= 0.93 and ours["auroc_shift"] >= 0.93  # 0.948 at least
+    assert results["mask:shifted"]["auroc_shift"] >= 0.93  # the search over moves alone (0.970 / 0.961 measured)
+    assert ours["auroc"] >= results["legrad_dice"]["auroc"] + 0.1
+    assert ours["auroc"] >= results["crop"]["auroc"] + 0.1
+    assert ours["reason_right"] >= 0.6  # 0.72 / 0.745 of the corrupted masks get the reason of their kind
     assert 0.2 <= ours["corrupted"] / ours["instances"] <= 0.4  # the seeded 30 %
