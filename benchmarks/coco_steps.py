@@ -4,7 +4,9 @@
 
 Imports the first images of ../shared/data/coco-val2017-mini into a temporary FiftyOne dataset, then
 times compute, relabel, the mask review, the mislabeled and bad-mask views, search, the index and the
-layout, each called as a user would, printing seconds per step.
+layout, each called as a user would, printing seconds per step; and, inside the mask review, the time
+of its localisation search (core.badmask.localisation: the shifted / too small / too large parts)
+per region.
 """
 
 import argparse
@@ -15,6 +17,7 @@ from pathlib import Path
 import fiftyone as fo
 import torch
 
+import fiftyone_maskinversion.core.badmask as review
 import fiftyone_maskinversion.fo as mifo
 from fiftyone_maskinversion import load_backbone
 
@@ -46,6 +49,17 @@ def main() -> None:
         ("build_region_index", lambda: mifo.build_region_index(dataset, "ground_truth")),
         ("visualize_regions (pca)", lambda: mifo.visualize_regions(dataset, "ground_truth", method="pca")),
     ]
+    search = {"seconds": 0.0, "regions": 0}
+    localisation = review.localisation
+
+    def timed_localisation(maps, masks):
+        start = time.perf_counter()
+        found = localisation(maps, masks)
+        search["seconds"] += time.perf_counter() - start
+        search["regions"] += len(masks)
+        return found
+
+    review.localisation = timed_localisation  # the mask review looks it up at call time
     regions = dataset.count("ground_truth.detections")
     print(f"{len(dataset)} images, {regions} regions, random {args.model} at {args.image_size} px, "
           f"{args.threads} threads")
@@ -56,7 +70,11 @@ def main() -> None:
             start = time.perf_counter()
             step()
             print(f"| {name} | {time.perf_counter() - start:.1f} |", flush=True)
+        per_region = 1000 * search["seconds"] / max(search["regions"], 1)
+        print(f"\nmask review's localisation search: {search['seconds']:.2f} s for {search['regions']} regions "
+              f"({per_region:.1f} ms per region)")
     finally:
+        review.localisation = localisation
         mifo.delete_region_results(dataset, "ground_truth")
         dataset.delete()
 

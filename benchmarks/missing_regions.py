@@ -4,9 +4,10 @@
 
 One object of every scene is left unannotated; the mask review runs on the others with the model
 trained here (blocks 0-3, one template). A suggestion is a hit when it names the left-out object's
-class and at least 30 % of its box lies on that object. Prints hits and false suggestions per
-score threshold, without and with the confirmation by the MaskInversion embedding of the box
-(defaults: score >= defaults.MIN_MISSING_SCORE, confirmation >= defaults.MISSING_CONFIRMATION).
+class and at least 30 % of its box lies on that object. Prints, per score threshold, without and
+with the confirmation by the MaskInversion embedding of the box (defaults: score >=
+defaults.MIN_MISSING_SCORE, confirmation >= defaults.MISSING_CONFIRMATION): precision (the share of
+suggestions that are hits) and recall (the share of left-out objects found by at least one).
 """
 
 import argparse
@@ -32,8 +33,8 @@ def main() -> None:
     text = class_embeddings(backbone, list(CLASSES), [defaults.SINGLE_PROMPT])
     rng = np.random.default_rng(0)
     inverter = MaskInverter(backbone, blocks=BLOCKS)
-    hits, false, placed = [], [], []
-    for scene in scenes(args.seed, args.scenes):
+    suggestions, placed = [], []  # (scene number, score, confirmation, hit)
+    for number, scene in enumerate(scenes(args.seed, args.scenes)):
         left_out = int(rng.integers(len(scene.names)))
         kept = [i for i in range(len(scene.names)) if i != left_out]
         review = review_masks(backbone, scene.image, scene.masks[kept], [CLASSES.index(scene.names[i]) for i in kept],
@@ -46,15 +47,18 @@ def main() -> None:
             on_object = target[y:y + h, x:x + w].mean() if w and h else 0.0
             hit = CLASSES[suggestion.class_index] == scene.names[left_out] and on_object >= 0.3
             placed.append(on_object >= 0.3)
-            (hits if hit else false).append((suggestion.score, suggestion.confirmation))
+            suggestions.append((number, suggestion.score, suggestion.confirmation, hit))
     print(f"{args.scenes} scenes (seed {args.seed}), one object left out of each; {sum(placed)} of {len(placed)} suggestions lie on it")
-    print("| least score | least confirmation | left-out objects found | false suggestions |")
-    print("| --- | --- | --- | --- |")
+    print("| least score | least confirmation | suggestions | hits | false | precision | recall |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for threshold in THRESHOLDS:
         for least in CONFIRMATIONS:
-            found = sum(s >= threshold and c >= least for s, c in hits)
-            wrong = sum(s >= threshold and c >= least for s, c in false)
-            print(f"| {threshold} | {least} | {found} | {wrong} |")
+            kept = [(n, hit) for n, s, c, hit in suggestions if s >= threshold and c >= least]
+            hits = sum(hit for _, hit in kept)
+            found = len({n for n, hit in kept if hit})
+            precision = f"{hits / len(kept):.2f}" if kept else "-"
+            print(f"| {threshold} | {least} | {len(kept)} | {hits} | {len(kept) - hits} | {precision} | "
+                  f"{found / args.scenes:.2f} ({found}/{args.scenes}) |")
 
 
 if __name__ == "__main__":

@@ -226,8 +226,10 @@ def cmd_eval(args) -> None:
     from pathlib import Path
 
     from . import load_backbone
-    from .evaluation import TASKS, run
+    from .evaluation import TASKS, run, run_seeds
+    from .evaluation.badmask import MIXES
     from .synthetic import write_coco
+    from .synthetic.scenes import WORLDS
 
     tasks = args.tasks or list(TASKS)
     unknown = set(tasks) - set(TASKS)
@@ -235,19 +237,48 @@ def cmd_eval(args) -> None:
         raise CommandError(f"eval: unknown task(s) {sorted(unknown)}; choose from {', '.join(TASKS)}")
     if "refer" in tasks and not (args.refs or args.synthetic):
         raise CommandError("eval refer: pass --refs FILE (referring expressions) or --synthetic N")
+    if args.world not in WORLDS:
+        raise CommandError(f"eval: unknown --world {args.world!r}; choose from {', '.join(WORLDS)}")
+    if args.mask_kinds not in MIXES:
+        raise CommandError(f"eval: --mask-kinds must be one of {', '.join(MIXES)}")
+    seeds = _seeds(args.seeds) if args.seeds else None
+    if seeds and not args.synthetic:
+        raise CommandError("eval: --seeds needs --synthetic N")
+    if args.synthetic is not None and args.synthetic < 1:
+        raise CommandError("eval: --synthetic needs at least 1 scene")
     blocks = _blocks(args.blocks)
+    backbone = load_backbone(args.model, pretrained=args.pretrained or None, image_size=args.image_size, device=args.device)
+    settings = dict(tasks=tasks, methods=args.methods.split(",") if args.methods else None, max_images=args.max_images,
+                    iterations=args.iterations, lr=args.lr, noise=args.noise, mask_noise=args.mask_noise,
+                    mask_mix=MIXES[args.mask_kinds], blocks=blocks, precision=args.precision, title=args.title)
+    if seeds:
+        by_seed = run_seeds(backbone, seeds, args.synthetic, Path(args.out), world=args.world, **settings)
+        for seed in seeds:
+            print(f"written: {args.out}/seed-{seed}/results.md ({by_seed[seed]['images']} images)")
+        if (Path(args.out) / "seeds.md").is_file():
+            print((Path(args.out) / "seeds.md").read_text())
+            print(f"written: {args.out}/seeds.md, seeds.json")
+        return
     if args.synthetic:
-        folder = write_coco(Path(tempfile.mkdtemp(prefix="mi-eval-scenes-")), seed=args.seed, count=args.synthetic)
+        folder = write_coco(Path(tempfile.mkdtemp(prefix="mi-eval-scenes-")), seed=args.seed, count=args.synthetic,
+                            world=args.world)
         refs = folder / "expressions.json"
     else:
         folder, refs = Path(args.coco_dir), args.refs
-    backbone = load_backbone(args.model, pretrained=args.pretrained or None, image_size=args.image_size, device=args.device)
-    results = run(backbone, folder, Path(args.out), tasks=tasks,
-                  methods=args.methods.split(",") if args.methods else None, refs=refs,
-                  max_images=args.max_images, iterations=args.iterations, lr=args.lr, noise=args.noise, mask_noise=args.mask_noise,
-                  blocks=blocks, precision=args.precision, title=args.title)
+    results = run(backbone, folder, Path(args.out), refs=refs, **settings)
     print((Path(args.out) / "results.md").read_text())
     print(f"written: {args.out}/results.md, results.json, results.png ({results['images']} images)")
+
+
+def _seeds(text: str) -> list:
+    """Comma-separated distinct integer seeds."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CommandError(f"eval: --seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise CommandError(f"eval: --seeds must name distinct seeds, got {text!r}")
+    return seeds
 
 
 def _run_args(parser: argparse.ArgumentParser, pred: bool = False) -> None:
@@ -377,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--synthetic", type=int, metavar="N", help="N held-out synthetic scenes")
     p.add_argument("--refs", default=None, help="referring expressions JSON (refcocos-val2017 format)")
     p.add_argument("--seed", type=int, default=2024, help="seed of the synthetic scenes")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (with --synthetic): one run per seed and a "
+                   "per-seed summary (seeds.md); the held-out seeds are 7,4242,11,99 (2024 tuned the mask score)")
+    p.add_argument("--world", default="objects", help="synthetic scenes: 'objects' (named by their own pixels) or "
+                   "'context' (named by their surroundings)")
+    p.add_argument("--mask-kinds", default="swap,shift,erode", help="badmask corruptions: swap,shift,erode or "
+                   "swap,shift,erode,dilate")
     _model_args(p)
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
     p.add_argument("--max-images", type=int, default=None)

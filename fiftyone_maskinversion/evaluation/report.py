@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .tasks import TOP_KS
 
 
@@ -35,15 +37,42 @@ def markdown(results: dict) -> str:
             lines.append(f"| {method} | {row['auroc']:.3f} | {precision:.3f} | {row['corrupted']} / {row['instances']} |")
         lines.append("")
     if "badmask" in results:
-        lines += ["## Bad-mask finding (corrupted: swap / shift / erode)", "",
-                  "| score | AUROC | precision@k | AUROC swap | AUROC shift | AUROC erode | corrupted / instances |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for method, row in results["badmask"].items():
-            precision = next(v for key, v in row.items() if key.startswith("precision@"))
-            lines.append(f"| {method} | {row['auroc']:.3f} | {precision:.3f} | {row['auroc_swap']:.3f} | "
-                         f"{row['auroc_shift']:.3f} | {row['auroc_erode']:.3f} | {row['corrupted']} / {row['instances']} |")
-        lines.append("")
+        lines += badmask_table(results["badmask"])
     return "\n".join(lines)
+
+
+def _kinds(row: dict) -> list:
+    return [key[len("auroc_"):] for key in row if key.startswith("auroc_")]
+
+
+def badmask_table(scores: dict) -> list:
+    """Markdown lines of the bad-mask table: one row per score, AUROC overall and per corruption kind."""
+    kinds = _kinds(next(iter(scores.values())))
+    lines = [f"## Bad-mask finding (corrupted: {' / '.join(kinds)})", "",
+             "| score | AUROC | precision@k | " + " | ".join(f"AUROC {k}" for k in kinds) + " | corrupted / instances |",
+             "| --- " * (4 + len(kinds)) + "|"]
+    for method, row in scores.items():
+        precision = next(v for key, v in row.items() if key.startswith("precision@"))
+        cells = " | ".join(f"{row[f'auroc_{k}']:.3f}" for k in kinds)
+        lines.append(f"| {method} | {row['auroc']:.3f} | {precision:.3f} | {cells} | {row['corrupted']} / {row['instances']} |")
+    if "reason_right" in scores.get("maskinversion", {}):
+        lines += ["", f"Corrupted masks whose reason names their kind: {100 * scores['maskinversion']['reason_right']:.1f}%."]
+    return lines + [""]
+
+
+def seeds_markdown(by_seed: dict, method: str = "maskinversion") -> str:
+    """The bad-mask AUROC of one score per seed, the mean over seeds, overall and per corruption kind."""
+    rows = {seed: result[method] for seed, result in by_seed.items()}
+    kinds = _kinds(next(iter(rows.values())))
+    columns = ["auroc", *(f"auroc_{k}" for k in kinds)] + (["reason_right"] if method == "maskinversion" else [])
+    lines = [f"## Bad-mask AUROC of `{method}` per seed", "",
+             "| seed | AUROC | " + " | ".join(f"AUROC {k}" for k in kinds) + " |"
+             + (" reason right |" if "reason_right" in columns else ""), "| --- " * (1 + len(columns)) + "|"]
+    for seed, row in rows.items():
+        lines.append(f"| {seed} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    means = [float(np.mean([row[c] for row in rows.values()])) for c in columns]
+    lines.append("| mean | " + " | ".join(f"**{v:.3f}**" for v in means) + " |")
+    return "\n".join(lines + [""])
 
 
 def chart(results: dict, path: Path) -> None:
