@@ -148,11 +148,11 @@ def cmd_badmasks(args) -> None:
         print(f"  failed: sample {sample_id} label {label_id}: {reason}")
     view = find_bad_masks(dataset, args.label_field, args.embeddings_field)
     names = attribute_names(args.embeddings_field)
-    print(f"{'mask score':>10}  {'label':<20} {'inversion dice':>14}  sample / label id")
+    print(f"{'mask score':>10}  {'label':<20} {'inversion dice':>14}  {'reason':<12} sample / label id")
     for patch in view.limit(args.limit):
         region = patch[run.regions_field]
         print(f"{region[names['mask_mistakenness']]:10.3f}  {region.label:<20} {region[names['dice']]:14.3f}  "
-              f"{patch.sample_id} / {region.id}")
+              f"{region[names['mask_reason']] or '':<12} {patch.sample_id} / {region.id}")
     if summary.missing_field:
         print(f"suggested missing regions (field {summary.missing_field!r}):")
         for patch in find_missing_regions(dataset, args.label_field, args.embeddings_field).limit(args.limit):

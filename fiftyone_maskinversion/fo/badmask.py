@@ -12,7 +12,7 @@ from fiftyone import ViewField as F
 
 from .. import defaults
 from ..core.backbone import Backbone
-from ..core.badmask import review_masks
+from ..core.badmask import COMPONENTS, review_masks
 from ..core.inputs import InputError, load_rgb
 from ..core.inversion import MaskInverter
 from .arguments import check_probability
@@ -23,7 +23,9 @@ from .runs import RegionRun, attribute_names, attribute_paths, is_current, requi
 from .targets import resolve_target
 from .vocabulary import vocabulary
 
-MASK_REVIEW_ATTRIBUTES = {"mask_mistakenness": fo.FloatField, "mask_review": fo.StringField}
+MASK_REVIEW_ATTRIBUTES = {"mask_mistakenness": fo.FloatField, "mask_review": fo.StringField,
+                          "mask_reason": fo.StringField,
+                          **{f"mask_{part}": fo.FloatField for part in COMPONENTS}}  # why a mask is flagged
 
 
 @dataclass
@@ -150,10 +152,14 @@ def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, 
     review = review_masks(backbone, image, masks, labels, text, np.array(dice, dtype=float), blocks=inverter.blocks,
                           min_missing_score=thresholds[0] if missing_field else None, inverter=inverter,
                           confirmation=thresholds[1])
-    for region, score in zip(used, review.mask_mistakenness):
+    for k, (region, score) in enumerate(zip(used, review.mask_mistakenness)):
         if region.id in todo:
             region[names["mask_mistakenness"]] = None if np.isnan(score) else float(score)
             region[names["mask_review"]] = stamp
+            region[names["mask_reason"]] = review.reasons[k]
+            for part in COMPONENTS:
+                value = review.components[part][k]
+                region[names[f"mask_{part}"]] = None if np.isnan(value) else float(value)
             summary.scored += not np.isnan(score)
             summary.unscorable += bool(np.isnan(score))
     if missing_field:

@@ -28,6 +28,7 @@ import fiftyone.core.odm as foo
 import numpy as np
 
 from ..core.backbone import Backbone, load_backbone
+from ..core.badmask import COMPONENTS
 from .regions import REGION_TYPES, label_type, list_path
 
 METHOD = "maskinversion"
@@ -105,6 +106,8 @@ def attribute_names(embeddings_field: str) -> dict:
         "low_fidelity": f"{embeddings_field}_low_fidelity",
         "mask_mistakenness": f"{embeddings_field}_mask_mistakenness",
         "mask_review": f"{embeddings_field}_mask_review",
+        "mask_reason": f"{embeddings_field}_mask_reason",
+        **{f"mask_{part}": f"{embeddings_field}_mask_{part}" for part in COMPONENTS},
         "relabel_from": f"{embeddings_field}_relabel_from",
         "relabel_to": f"{embeddings_field}_relabel_to",
     }
@@ -121,7 +124,8 @@ def attribute_paths(samples, regions_field: str, embeddings_field: str, keys=Non
 
 # the attributes that describe one embedding: cleared whenever a region's embedding is recomputed
 EMBEDDING_REVIEW_ATTRIBUTES = ("predicted_label", "topk_labels", "topk_scores", "mistakenness", "low_fidelity",
-                     "mask_mistakenness", "mask_review")
+                               "mask_mistakenness", "mask_review", "mask_reason",
+                               *(f"mask_{part}" for part in COMPONENTS))
 
 
 def is_current(region, run: RegionRun) -> bool:

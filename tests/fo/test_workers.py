@@ -184,7 +184,7 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     result = run("delete_region_results", label_field="ground_truth")
     # 5 attributes of the inversion (embedding, dice, iou, error, run) + 5 of the relabel review on the field
     # (predicted label, top-k labels and scores, mistakenness, low fidelity) + the relabel history (from, to)
-    # + the mask review (score, review stamp)
-    assert result == {"deleted_attributes": 14, "deleted_heatmaps": regions, "deleted_pred_fields": 2}
+    # + the mask review (score, review stamp, reason, its five parts)
+    assert result == {"deleted_attributes": 20, "deleted_heatmaps": regions, "deleted_pred_fields": 2}
     assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
     assert mifo.heatmaps_dataset(coco_dataset) is None and not coco_dataset.has_sample_field(pred_field)
