@@ -257,6 +257,15 @@ class ComputeRegionEmbeddings(_Delegable):
             inputs.bool("include_crowd", default=False, label="Embed crowd regions (iscrowd=1) too?")
             inputs.int("batch_size", default=defaults.BATCH_SIZE, label="Samples per database write")
             inputs.str("device", default="", label="Device", description="e.g. cuda:0 or cpu (empty: cuda if available)")
+            storages = types.RadioGroup()
+            for value, label in (("database", "in the database (companion dataset)"), ("files", "as PNG files"),
+                                 ("none", "none")):
+                storages.add_choice(value, label=label)
+            inputs.enum("heatmaps", storages.values(), default=defaults.HEATMAPS, label="Heatmaps", view=storages,
+                        description="files: large datasets (the database keeps only a path per region)")
+            if ctx.params.get("heatmaps") == "files":
+                inputs.str("heatmaps_dir", default="", label="Heatmaps folder",
+                           description=f"empty: {defaults.HEATMAPS_DIR} under FiftyOne's dataset directory")
             if _delegation_available():
                 inputs.int("num_shards", default=1, label="Shards (parallel delegated workers)")
             inputs.view_target(ctx)
@@ -287,6 +296,8 @@ class ComputeRegionEmbeddings(_Delegable):
             device=params.get("device") or None,
             shard=(int(params.get("shard_index", 0)), shards) if shards > 1 else None,
             progress=_progress(ctx, "MaskInversion"),
+            heatmaps=params.get("heatmaps") or defaults.HEATMAPS,
+            heatmaps_dir=(params.get("heatmaps_dir") or None) if params.get("heatmaps") == "files" else None,
         )
         review_color_scheme(target.dataset)  # the review look from the first open of the dataset on
         group_package_fields(target.dataset)
@@ -634,15 +645,21 @@ class BuildRegionIndex(_Delegable):
     def resolve_input(self, ctx):
         def more(inputs):
             inputs.bool("overwrite", default=False, label="Rebuild this run's existing index?")
+            inputs.str("backend", default="sklearn", label="Similarity backend",
+                       description="a FiftyOne Brain backend: sklearn (in memory), lancedb, qdrant, milvus, mongodb, "
+                                   "... (its settings come from your brain config)")
+            inputs.str("uri", default="", label="Backend URI (optional)", description="e.g. a LanceDB folder")
             _delegation_input(inputs)
         return _run_form(ctx, "Build the region index", more)
 
     def execute(self, ctx):
         dataset = _user_dataset(ctx)
         ctx.set_progress(progress=0.0, label="Building the region index")
+        options = {"uri": ctx.params["uri"]} if ctx.params.get("uri") else {}
         results = build_region_index(dataset, ctx.params["label_field"],
                                      ctx.params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
-                                     overwrite=bool(ctx.params.get("overwrite")))
+                                     overwrite=bool(ctx.params.get("overwrite")),
+                                     backend=ctx.params.get("backend") or "sklearn", **options)
         if not ctx.delegated:
             ctx.ops.reload_dataset()
         return {"brain_key": results.key, "regions": results.total_index_size,

@@ -143,8 +143,8 @@ def localisation(maps: torch.Tensor, masks: torch.Tensor) -> Dict[str, np.ndarra
         maps, masks = F.avg_pool2d(maps[:, None], factor)[:, 0], F.avg_pool2d(masks[:, None], factor)[:, 0]
     out = {name: np.full(len(masks), np.nan) for name in ("shifted", "too_small", "too_large")}
     for row, (class_map, mask) in enumerate(zip(maps, masks)):
-        ys, xs = torch.nonzero(mask >= 0.5, as_tuple=True)
-        if not len(ys):
+        ys, xs = torch.nonzero(mask >= min(0.5, float(mask.max())), as_tuple=True)  # a tiny mask: its fullest cells
+        if not float(mask.max()):
             continue
         height, width = int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
         moved = torch.stack([translate(mask, round(fy * height), round(fx * width)) for fy in SHIFTS for fx in SHIFTS])

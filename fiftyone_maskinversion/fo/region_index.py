@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import eta.core.utils as etau
+import importlib
 import fiftyone.brain as fb
 import fiftyone.core.models as fom
 import numpy as np
@@ -135,9 +135,9 @@ def _region_name(base_path: str) -> str:
 def _derive(base_config_path: str):
     """Subclass a backend's config, run and index (named ``Region<name>``, importable from this module, so
     any process with the package loads the stored index); returns the config class."""
-    base_config = etau.get_class(base_config_path)
-    base_run = etau.get_class(base_config_path[:-len("Config")])
-    base_index = etau.get_class(base_config_path[:-len("Config")] + "Index")
+    base_config = _class(base_config_path)
+    base_run = _class(base_config_path[:-len("Config")])
+    base_index = _class(base_config_path[:-len("Config")] + "Index")
     names = {kind: _region_name(path) for kind, path in (
         ("config", base_config_path), ("run", base_config_path[:-len("Config")]),
         ("index", base_config_path[:-len("Config")] + "Index"))}
@@ -148,6 +148,11 @@ def _derive(base_config_path: str):
     config_cls = type(names["config"], (base_config,), {"__module__": __name__})
     globals().update({names["config"]: config_cls, names["run"]: run_cls, names["index"]: index_cls})
     return config_cls
+
+
+def _class(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def __getattr__(name: str):

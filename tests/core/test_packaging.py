@@ -7,7 +7,7 @@ import tomllib
 
 from ..helpers import REPO
 
-IMPORT_TO_DISTRIBUTION = {"open_clip": "open_clip_torch", "PIL": "pillow", "sklearn": "scikit-learn"}
+IMPORT_TO_DISTRIBUTION = {"open_clip": "open_clip_torch", "PIL": "pillow", "sklearn": "scikit-learn", "bson": "pymongo"}
 
 
 def _imported_top_level_modules(folder):

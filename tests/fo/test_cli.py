@@ -58,7 +58,8 @@ def test_a_run_by_name_then_its_follow_up_commands(dataset, tmp_path):
     assert {row.split()[-1] for row in rows} <= set(dataset.values("ground_truth.detections.id", unwind=True))
     bad = cli("badmasks", name, "--label-field", "ground_truth", "--prompt", "a photo of a {}.", "--limit", "3",
               "--min-missing-score", "0")
-    assert bad.returncode == 0 and f"scored {regions} regions (0 unscorable, 0 already reviewed with these settings)" in bad.stdout, bad.stderr
+    assert bad.returncode == 0 and f"scored {regions} regions (0 unscorable, 0 already reviewed with these settings)" \
+        in bad.stdout, bad.stderr
     listed = [float(line.split()[0]) for line in bad.stdout.split("sample / label id\n")[1].splitlines()[:3]]
     stored = dataset.values("ground_truth.detections.mi_embedding_mask_mistakenness", unwind=True)
     assert listed == pytest.approx(sorted((v for v in stored if v is not None), reverse=True)[:3], abs=1e-3)

@@ -104,7 +104,7 @@ def test_a_recompute_clears_the_reviews_of_the_old_embeddings_and_delete_removes
 def test_bad_arguments_and_foreign_fields_are_refused_before_writing(embedded, tiny):
     embedded.add_sample_field("notes", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     for kwargs, message in (({"missing_field": "notes"}, "no MaskInversion run wrote"),
-                            ({"missing_field": "ground_truth"}, "no MaskInversion run wrote"),
+                            ({"missing_field": "ground_truth"}, "holds its regions field"),
                             ({"min_missing_score": 2}, "min_missing_score"),
                             ({"confirmation": -0.1}, "confirmation"),
                             ({"prompt": "no placeholder"}, "must contain")):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import fiftyone.operators as foo
+import fiftyone.operators.delegated  # noqa: F401  (the delegated operation service)
 import pytest
 from fiftyone import ViewField as F
 
@@ -24,6 +25,16 @@ FIFTYONE_CLI = str(Path(sys.executable).with_name("fiftyone"))
 def checkpoint(tmp_path):
     """A tiny model saved as a checkpoint file: every process can load the same weights by path."""
     return save_checkpoint(tmp_path / "tiny.pt", seed=3)
+
+
+@pytest.fixture
+def orchestrator(monkeypatch):
+    """Delegated runs set up as the README says: FiftyOne's legacy orchestrator allowed (this process queues,
+    `fiftyone delegated launch` processes run them)."""
+    import fiftyone as fo
+
+    monkeypatch.setenv("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS", "true")
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", True)
 
 
 @pytest.fixture
@@ -91,7 +102,7 @@ def run_delegated(dataset, tmp_path, workers=2):
     return ops
 
 
-def test_queued_shards_keep_the_selected_samples(persistent_coco, checkpoint, tmp_path):
+def test_queued_shards_keep_the_selected_samples(persistent_coco, checkpoint, tmp_path, orchestrator):
     selected = persistent_coco.skip(1).first().id
     params = {"label_field": "ground_truth", "model_name": "mi-test-tiny", "pretrained": checkpoint,
               "image_size": 64, "iterations": 2, "num_shards": 2, "view_target": "SELECTED_SAMPLES"}
@@ -105,7 +116,7 @@ def test_queued_shards_keep_the_selected_samples(persistent_coco, checkpoint, tm
     assert persistent_coco.count("ground_truth.detections.mi_embedding") == expected_regions(chosen) > 0
 
 
-def test_two_delegated_workers_share_the_shards(persistent_coco, checkpoint, tmp_path):
+def test_two_delegated_workers_share_the_shards(persistent_coco, checkpoint, tmp_path, orchestrator):
     params = {
         "label_field": "ground_truth", "model_name": "mi-test-tiny", "pretrained": checkpoint,
         "image_size": 64, "iterations": 3, "num_shards": 4, "view_target": "DATASET",
@@ -188,3 +199,19 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     assert result == {"deleted_attributes": 20, "deleted_heatmaps": regions, "deleted_pred_fields": 2}
     assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
     assert mifo.heatmaps_dataset(coco_dataset) is None and not coco_dataset.has_sample_field(pred_field)
+
+
+def test_the_operators_keep_heatmaps_as_files_and_index_in_lancedb(coco_dataset, checkpoint, tmp_path):
+    """Issue 18 from the App: the compute form stores heatmaps as files, the index operator builds on LanceDB."""
+    def run(operator, **params):
+        result = foo.execute_operator(f"{PLUGIN}/{operator}", ctx={"dataset": coco_dataset.name, "params": params})
+        assert result.error is None, result.error
+        return result.result
+
+    run("compute_region_embeddings", label_field="ground_truth", model_name="mi-test-tiny", pretrained=checkpoint,
+        image_size=64, iterations=1, heatmaps="files", heatmaps_dir=str(tmp_path / "maps"))
+    paths = mifo.heatmaps_dataset(coco_dataset).values("heatmap.map_path")
+    assert len(paths) == expected_regions(coco_dataset) and all(os.path.isfile(p) for p in paths)
+    built = run("build_region_index", label_field="ground_truth", backend="lancedb", uri=str(tmp_path / "lance"))
+    assert coco_dataset.get_brain_info(built["brain_key"]).config.method == "lancedb"
+    assert built["regions"] == expected_regions(coco_dataset) and built["text"]
