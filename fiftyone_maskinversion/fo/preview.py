@@ -79,7 +79,7 @@ def mask_at_image_size(filepath: str, region) -> Optional[np.ndarray]:
 def heatmap_overlay(companion_sample, height: int = PREVIEW_HEIGHT) -> Image.Image:
     """One companion sample drawn: its image, heatmap, region and label with the inversion's Dice."""
     region = regions_of(companion_sample[companion_sample.source_field])[0]
-    return draw_region(companion_sample.filepath, companion_sample.heatmap.map,
+    return draw_region(companion_sample.filepath, companion_sample.heatmap.get_map(),  # in the document or a file
                        mask_at_image_size(companion_sample.filepath, region),
                        f"{region.label}  dice {companion_sample['dice']:.2f}", height)
 

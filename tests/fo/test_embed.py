@@ -287,6 +287,9 @@ def test_heatmaps_as_files_or_none(coco_dataset, tiny, tmp_path):
     assert companion.values("heatmap.map") == [None] * len(paths)  # not in the documents
     stored = np.asarray(Image.open(paths[0]))
     assert stored.dtype == np.uint8 and stored.shape == (4 * tiny.grid_size,) * 2 and stored.max() > 0
+    from fiftyone_maskinversion.fo.preview import heatmap_overlay
+
+    assert heatmap_overlay(companion.first()).size[0] > 0  # what the App's heatmap preview draws, from the file
     with pytest.raises(ValueError, match="keeps its heatmaps as 'files'"):
         mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
     redo = mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2, overwrite=True,
