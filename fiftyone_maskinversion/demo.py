@@ -94,12 +94,13 @@ def run_demo(
           f"(field {review.missing_field!r})")
     if moved:
         print(f"{len(moved)} masks were moved on purpose: {'; '.join(moved)}")
-    print("most likely bad masks (mask mistakenness; see the README):")
+    print("most likely bad masks (mask mistakenness [the largest part of it]; see the README):")
     bad_masks = find_bad_masks(dataset, "ground_truth")
     for patch in bad_masks.limit(6):
         region = patch.ground_truth
         note = f" <- {region['mask_corruption']}" if region.has_field("mask_corruption") else ""
-        print(f"  {region['mi_embedding_mask_mistakenness']:.3f}: {region.label!r} ({region.id}){note}")
+        print(f"  {region['mi_embedding_mask_mistakenness']:.3f} [{region['mi_embedding_mask_reason']}]: "
+              f"{region.label!r} ({region.id}){note}")
     if moved:
         ranks = [rank + 1 for rank, has in enumerate(bad_masks.values("ground_truth.mask_corruption")) if has]
         print(f"  the moved masks rank {ranks} of {len(bad_masks)}")

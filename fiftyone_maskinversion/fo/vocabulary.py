@@ -45,7 +45,8 @@ def vocabulary(samples, run: RegionRun, classes: Optional[Sequence[str]], prompt
     return backbone, classes, text, {n: i for i, n in enumerate(classes)}
 
 
-def text_key(run: RegionRun, classes: Sequence[str], templates: Sequence[str]) -> str:
+def text_key(run: RegionRun, classes: Sequence[str], templates: Sequence) -> str:
     """What a vocabulary's stored text embeddings are filed under: the run's weights, the classes, the prompts."""
+    texts = [t if isinstance(t, str) else t("{}") for t in templates]  # CLIP's ensemble holds functions
     return settings_digest({"weights_id": run.settings["weights_id"], "model_name": run.settings["model_name"],
-                            "classes": list(classes), "templates": list(templates)})
+                            "classes": list(classes), "templates": texts})

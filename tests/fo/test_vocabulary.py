@@ -41,3 +41,15 @@ def test_only_the_last_few_vocabularies_are_kept(coco_dataset, tiny):
         keys.append(text_key(run, [f"class {n}", "dog"], [SINGLE]))
     kept = [stored_text_embeddings(run, key) is not None for key in keys]
     assert kept == [False, False, True, True, True, True]
+
+
+def test_the_template_ensemble_is_stored_too(coco_dataset, tiny):
+    """The default prompt is CLIP's 80-template ensemble (templates given as functions): stored and read back."""
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1)
+    run = find_run(coco_dataset, "ground_truth", "mi_embedding")
+    _, classes, text, _ = vocabulary(coco_dataset, run, ["cat", "dog"], "ensemble", tiny)
+    from fiftyone_maskinversion.core.zeroshot import templates_for
+
+    stored = stored_text_embeddings(run, text_key(run, classes, templates_for("ensemble")))
+    np.testing.assert_allclose(stored, class_embeddings(tiny, classes, templates_for("ensemble")).numpy(), atol=1e-6)
+    np.testing.assert_allclose(stored, text.numpy(), atol=1e-6)
