@@ -84,3 +84,23 @@ def test_other_errors_are_one_line_too(dataset):
     assert_one_line_error(cli("relabel", dataset.name, "--label-field", "ground_truth"), "no region embeddings")
     assert_one_line_error(cli("badmasks", dataset.name, "--label-field", "ground_truth"), "no region embeddings")
     assert dataset.list_runs() == []
+
+
+def test_the_demo_runs_end_to_end_and_finds_the_moved_masks_first():
+    """The README's main command (offline: synthetic scenes with the model trained here): the whole loop runs with
+    the default prompts (CLIP's template ensemble), and the masks moved on purpose are the top of the bad-mask list,
+    each with the reason of its score."""
+    import re
+
+    import fiftyone as fo
+
+    demo = cli("demo", "--synthetic")
+    try:
+        assert demo.returncode == 0, demo.stderr[-3000:]
+        ranks = [int(r) for r in re.search(r"the moved masks rank \[([\d, ]+)\]", demo.stdout).group(1).split(",")]
+        assert ranks and max(ranks) <= 5, demo.stdout
+        reasons = re.findall(r"^\s+[\d.]+ \[([a-z ]+)\]: ", demo.stdout, flags=re.M)
+        assert len(reasons) == 6 and set(reasons) <= {"wrong object", "shifted", "too small", "too large", "fits"}
+    finally:
+        if fo.dataset_exists("maskinversion-demo"):
+            delete_with_heatmaps(fo.load_dataset("maskinversion-demo"))
