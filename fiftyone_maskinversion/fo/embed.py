@@ -125,7 +125,7 @@ def compute_region_embeddings(
     classes become regions in the derived Detections field ``regions_field``, by default
     ``<label_field>_regions``; every later step accepts the Segmentation field's own name). Results go on each region label: ``<embeddings_field>``
     (a declared VectorField), ``_dice`` / ``_iou`` (fidelity of the final map), ``_error`` (why a region
-    has none) and ``_run`` (the digest of the settings that made it); heatmaps go to the companion
+    has none) and ``_run`` (the run's stamp: which run, with which settings); heatmaps go to the companion
     dataset (see ``heatmaps``). Regions holding an embedding of the current settings are skipped unless
     ``overwrite``, so a killed run resumes and recomputes exactly the stale ones (and the finished ones
     whose heatmap was lost). Every name the run writes is claimed by its record first (see
@@ -186,12 +186,13 @@ def compute_region_embeddings(
 
     heatmap_store.delete_orphaned_heatmaps()
     if run is None:
-        uid = uuid.uuid4().hex[:12]
-        folder = heatmap_store.run_folder(heatmaps_dir or os.path.join(fo.config.default_dataset_dir,
-                                                                       defaults.HEATMAPS_DIR), dataset, uid)
-        check_free(dataset, None, "folder", folder)
+        uid, folder = uuid.uuid4().hex[:12], None
+        if heatmaps == "files":  # the run's own folder of heatmap files
+            folder = heatmap_store.run_folder(heatmaps_dir or os.path.join(fo.config.default_dataset_dir,
+                                                                           defaults.HEATMAPS_DIR), dataset, uid)
+            check_free(dataset, None, "folder", folder)
         run = new_run(dataset, label_field, regions_field, embeddings_field, settings, run_uid=uid,
-                      heatmaps={"storage": heatmaps, "folder": folder if heatmaps == "files" else None})
+                      heatmaps={"storage": heatmaps, "folder": folder})
     elif run.settings != settings:
         run = restart_run(dataset, run, settings)
     summary = RegionRunSummary(label_field, regions_field, embeddings_field)
