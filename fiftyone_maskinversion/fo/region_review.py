@@ -54,6 +54,8 @@ class RegionReview:
         steps = []
         if not self.current:
             steps.append("compute region embeddings (this region has no embedding of the run's settings)")
+        elif self.heatmap is None and self.run.heatmaps["storage"] == "none":
+            steps.append("compute region embeddings with heatmaps kept ('database' or 'files'): this run keeps none")
         elif self.heatmap is None:
             steps.append("compute region embeddings again: this region's heatmap is missing")
         if self.current and self.predicted_label is None:

@@ -84,6 +84,22 @@ def test_what_is_missing_says_what_to_run(embedded):
         review_region(embedded, "0" * 24)
 
 
+def test_a_run_without_heatmaps_says_so_and_file_heatmaps_are_read_from_their_files(coco_dataset, tiny, tmp_path):
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1, heatmaps="none")
+    region = first_embedded(coco_dataset)
+    review = review_region(coco_dataset, region.id)
+    assert review.heatmap is None
+    assert review.missing[0] == ("compute region embeddings with heatmaps kept ('database' or 'files'): "
+                                 "this run keeps none")
+    mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=1, heatmaps="files",
+                                   heatmaps_dir=str(tmp_path), embeddings_field="mi_files")
+    review = review_region(coco_dataset, region.id, embeddings_field="mi_files")
+    stored = mifo.heatmaps_dataset(coco_dataset).match(fo.ViewField("source_label_id") == region.id).first().heatmap
+    assert stored.map is None and stored.map_path.startswith(str(tmp_path))
+    np.testing.assert_array_equal(review.heatmap, np.asarray(Image.open(stored.map_path)))
+    assert not any("heatmap" in step for step in review.missing)
+
+
 def test_outline_is_the_masks_border_ring():
     mask = np.zeros((20, 30), dtype=bool)
     mask[5:15, 5:25] = True  # 10 x 20
