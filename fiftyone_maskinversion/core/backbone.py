@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import defaults
 from .inputs import ImageInput, load_rgb
+from .transfer import to_device
 
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -132,7 +133,7 @@ class Backbone:
         tensor = array.permute(2, 0, 1).unsqueeze(0)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((tensor - mean) / std).to(self.device)
+        return to_device((tensor - mean) / std, self.device)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

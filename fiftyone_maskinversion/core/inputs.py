@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .transfer import to_device
+
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 MaskInput = Union[np.ndarray, Sequence[np.ndarray], torch.Tensor]
 
@@ -131,7 +133,7 @@ def prepare_masks(
 
 def _resize_masks(binaries: List[np.ndarray], size: int, device: Optional[torch.device]) -> torch.Tensor:
     """B x size x size floats in [0, 1] of B boolean H x W masks, resized on ``device``."""
-    batch = torch.from_numpy(np.stack(binaries)).to(device).float().unsqueeze(1)
+    batch = to_device(torch.from_numpy(np.stack(binaries)), device).float().unsqueeze(1)
     grid = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return grid[:, 0].clamp_(0.0, 1.0)
 

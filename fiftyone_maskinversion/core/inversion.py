@@ -18,6 +18,7 @@ from .inputs import ImageInput, MaskInput, PreparedMasks, load_rgb, prepare_mask
 from .legrad import ENGINES, LINEAR_MAP_MIN_BATCH, chunk_memory, make_engine, relevance_to_maps
 from .metrics import binary_iou, soft_dice_loss
 from .precision import exact_fp32, resolve_precision
+from .transfer import to_host
 
 # Engine work memory per chunk of masks. On the CPU one mask at a time is fastest (the n x n
 # attention-gradient buffers of one ViT-B-16/448 mask already exceed the caches); on CUDA a chunk may
@@ -243,11 +244,11 @@ class MaskInverter:
         with torch.no_grad():
             final = relevance_to_maps(engine.relevance(F.normalize(embedding, dim=-1), owners), grid, patch)
             return _ChunkOutput(
-                embeddings=_to_host(embedding),
-                heatmaps=_to_host(final),
-                dice=_to_host(1.0 - soft_dice_loss(final, targets)),
-                iou=_to_host(binary_iou(final, targets)),
-                history=_to_host(torch.stack(history)) if history else np.zeros((0, len(targets)), np.float32),
+                embeddings=to_host(embedding),
+                heatmaps=to_host(final),
+                dice=to_host(1.0 - soft_dice_loss(final, targets)),
+                iou=to_host(binary_iou(final, targets)),
+                history=to_host(torch.stack(history)) if history else np.zeros((0, len(targets)), np.float32),
             )
 
 
@@ -259,11 +260,3 @@ def _write_rows(result: InversionResult, rows: np.ndarray, output: _ChunkOutput,
     result.iou[rows] = output.iou[here]
     result.loss_history[:, rows] = output.history[:, here]
 
-
-def _to_host(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor's values as a NumPy array; from a GPU through page-locked memory, which the copy engine
-    writes directly (the 100 heatmaps of one image are 80 MB at 448 px)."""
-    if tensor.device.type != "cuda":
-        return tensor.cpu().numpy()
-    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    return pinned.copy_(tensor).numpy()

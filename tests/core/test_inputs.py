@@ -136,3 +136,13 @@ def test_masks_resized_in_batches_equal_each_mask_resized_alone():
         for m in masks[prepared.valid]
     ]
     torch.testing.assert_close(prepared.grid_masks, torch.stack(expected), atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked copies are used on CUDA only")
+def test_page_locked_copies_keep_every_value():
+    from fiftyone_maskinversion.core.transfer import to_device, to_host
+
+    values = torch.randn(7, 33, 33)
+    on_gpu = to_device(values, "cuda")
+    assert on_gpu.device.type == "cuda"
+    np.testing.assert_array_equal(to_host(on_gpu * 2.0), values.numpy() * 2.0)
