@@ -1,5 +1,7 @@
 """A stateful property test of run ownership: random sequences of the public calls on a tiny dataset that also
-holds the user's own fields and attributes with colliding names, on the dataset, views of it and clones of views.
+holds the user's own fields and attributes with colliding names, on the dataset, views of it and clones of views;
+the follow-ups (relabel, apply, undo, mask review) also start from the views a curator is in: patches views (of the
+user's fields too) and the mislabeled and bad-mask views the package opens.
 
 After every step: every field and label attribute the package does not own is byte-identical to the user's last
 write (labels change only through apply/undo, exactly as they report); every name the package wrote is owned,
@@ -34,6 +36,7 @@ USER_COLLISIONS = {  # the user's own data under names the package would choose 
     "attribute": ["ground_truth.detections.mi_b_dice"],
 }
 BACKBONES = {}
+CURATOR_VIEWS = st.sampled_from(["dataset", "match", "patches", "mislabeled", "bad masks"])
 
 
 def backbone():
@@ -126,6 +129,20 @@ class OwnershipMachine(RuleBasedStateMachine):
         return {"dataset": self.dataset, "skip": self.dataset.skip(1), "limit": self.dataset.limit(2),
                 "match": self.dataset.match(F("filepath").ends_with("0.png"))}[which]
 
+    def view_of_the_curator(self, which: str, field: str, family: str):
+        """Where a curator may be when starting a follow-up: the dataset, a view, a patches view of a field
+        (the user's ``seg_regions`` too, which is not the run's), or the mislabeled / bad-mask views the package
+        opened (the dataset where such a view does not exist yet)."""
+        opened = {"mislabeled": lambda: mifo.find_mislabeled(self.dataset, field, embeddings_field=family),
+                  "bad masks": lambda: mifo.find_bad_masks(self.dataset, field, family),
+                  "patches": lambda: self.dataset.to_patches({"seg": "seg_regions"}.get(field, field))}
+        if which not in opened:
+            return self.target(which)
+        try:
+            return opened[which]()
+        except ValueError:
+            return self.dataset
+
     @rule(field=st.sampled_from(FIELDS), family=st.sampled_from(FAMILIES),
           where=st.sampled_from(["dataset", "skip", "limit", "match"]), iterations=st.sampled_from([1, 2]),
           overwrite=st.booleans(), regions_field=st.sampled_from([None, "seg_mi"]))
@@ -139,11 +156,11 @@ class OwnershipMachine(RuleBasedStateMachine):
                                                       "keeps its regions in", "belongs to")), err
 
     @rule(field=st.sampled_from(FIELDS), family=st.sampled_from(FAMILIES), pred_field=st.sampled_from([None, "preds_a"]),
-          overwrite=st.booleans())
-    def relabel(self, field, family, pred_field, overwrite):
+          overwrite=st.booleans(), where=CURATOR_VIEWS)
+    def relabel(self, field, family, pred_field, overwrite, where):
         try:
-            mifo.zero_shot_relabel(self.dataset, field, family, prompt=SINGLE, pred_field=pred_field,
-                                   overwrite=overwrite, backbone=backbone())
+            mifo.zero_shot_relabel(self.view_of_the_curator(where, field, family), field, family, prompt=SINGLE,
+                                   pred_field=pred_field, overwrite=overwrite, backbone=backbone())
         except ValueError as err:
             assert any(words in str(err) for words in ("no region embeddings", "already exists", "no MaskInversion",
                                                       "belongs to", "backbone differs")), err
@@ -163,8 +180,8 @@ class OwnershipMachine(RuleBasedStateMachine):
         set_label(self.expected, label_id, new)
 
     @rule(field=st.sampled_from(FIELDS), family=st.sampled_from(FAMILIES), one=st.booleans(),
-          low=st.booleans())
-    def apply(self, field, family, one, low):
+          low=st.booleans(), where=CURATOR_VIEWS)
+    def apply(self, field, family, one, low, where):
         try:
             label_ids = None
             if one:
@@ -172,7 +189,8 @@ class OwnershipMachine(RuleBasedStateMachine):
                        and r.embeddings_field == family]
                 label_ids = self.dataset.values(f"{run[0].regions_field}.detections.id", unwind=True)[:1] if (
                     run and run[0].regions_field != "polys") else None
-            changes = mifo.apply_relabel(self.dataset, field, embeddings_field=family, threshold=0.0,
+            changes = mifo.apply_relabel(self.view_of_the_curator(where, field, family), field,
+                                         embeddings_field=family, threshold=0.0,
                                          label_ids=label_ids, include_low_fidelity=low)
         except ValueError as err:
             assert "no predictions" in str(err) or "no region embeddings" in str(err), err
@@ -180,10 +198,10 @@ class OwnershipMachine(RuleBasedStateMachine):
         for label_id, (_, after) in changes.changed.items():
             set_label(self.expected, label_id, after)
 
-    @rule(field=st.sampled_from(FIELDS), family=st.sampled_from(FAMILIES))
-    def undo(self, field, family):
+    @rule(field=st.sampled_from(FIELDS), family=st.sampled_from(FAMILIES), where=CURATOR_VIEWS)
+    def undo(self, field, family, where):
         try:
-            changes = mifo.undo_relabel(self.dataset, field, embeddings_field=family)
+            changes = mifo.undo_relabel(self.view_of_the_curator(where, field, family), field, embeddings_field=family)
         except ValueError as err:
             assert "no region embeddings" in str(err), err
             return
@@ -191,10 +209,11 @@ class OwnershipMachine(RuleBasedStateMachine):
             set_label(self.expected, label_id, after)
 
     @rule(field=st.sampled_from(FIELDS), family=st.sampled_from(FAMILIES), missing=st.booleans(),
-          overwrite=st.booleans())
-    def review_masks(self, field, family, missing, overwrite):
+          overwrite=st.booleans(), where=CURATOR_VIEWS)
+    def review_masks(self, field, family, missing, overwrite, where):
         try:
-            mifo.score_masks(self.dataset, field, family, prompt=SINGLE, suggest_missing=missing, overwrite=overwrite,
+            mifo.score_masks(self.view_of_the_curator(where, field, family), field, family, prompt=SINGLE,
+                             suggest_missing=missing, overwrite=overwrite,
                              backbone=backbone())
         except ValueError as err:
             assert any(words in str(err) for words in ("no region embeddings", "other settings", "belongs to",
