@@ -261,3 +261,15 @@ def test_a_large_boundary_part_reads_too_small():
     components["boundary"][:] = [2 * FITS_BELOW / WEIGHTS["boundary"], 0.5 * FITS_BELOW / WEIGHTS["boundary"]]
     scores, reasons = mask_mistakenness(components)
     assert scores == pytest.approx([2 * FITS_BELOW, 0.5 * FITS_BELOW]) and reasons == ["too small", "fits"]
+
+
+def test_rings_of_a_tiny_pooled_mask_start_at_its_fullest_cells():
+    """A mask pooled below one cell (values < 0.5 everywhere) has rings around its fullest cells."""
+    evidence = _square(20, 20, 16)
+    tiny = torch.zeros(64, 64)
+    tiny[27, 27] = 0.25
+    tiny[27, 28] = 0.1
+    full = torch.zeros(64, 64)
+    full[27, 27] = 1.0
+    assert ring_means(evidence, tiny, 1, 7) == pytest.approx(ring_means(evidence, full, 1, 7))
+    assert np.isnan(ring_means(evidence, torch.zeros(64, 64), 1, 3)).all()
