@@ -5,8 +5,8 @@
 Imports the first images of ../shared/data/coco-val2017-mini into a temporary FiftyOne dataset, then
 times compute, relabel, the mask review, the mislabeled and bad-mask views, search, the index and the
 layout, each called as a user would, printing seconds per step; and, inside the mask review, the time
-of its localisation search (core.badmask.localisation: the shifted / too small / too large parts)
-per region.
+of its localisation parts (core.badmask.localisation: the shifted / too small / too large search
+and the boundary ring profile) per region, and of the boundary part alone (core.badmask.boundary).
 """
 
 import argparse
@@ -49,17 +49,23 @@ def main() -> None:
         ("build_region_index", lambda: mifo.build_region_index(dataset, "ground_truth")),
         ("visualize_regions (pca)", lambda: mifo.visualize_regions(dataset, "ground_truth", method="pca")),
     ]
-    search = {"seconds": 0.0, "regions": 0}
-    localisation = review.localisation
+    search = {"seconds": 0.0, "regions": 0, "boundary": 0.0}
+    localisation, boundary = review.localisation, review.boundary
 
-    def timed_localisation(maps, masks):
+    def timed_localisation(maps, masks, *rest):
         start = time.perf_counter()
-        found = localisation(maps, masks)
+        found = localisation(maps, masks, *rest)
         search["seconds"] += time.perf_counter() - start
         search["regions"] += len(masks)
         return found
 
-    review.localisation = timed_localisation  # the mask review looks it up at call time
+    def timed_boundary(*args):
+        start = time.perf_counter()
+        found = boundary(*args)
+        search["boundary"] += time.perf_counter() - start
+        return found
+
+    review.localisation, review.boundary = timed_localisation, timed_boundary  # looked up at call time
     regions = dataset.count("ground_truth.detections")
     print(f"{len(dataset)} images, {regions} regions, random {args.model} at {args.image_size} px, "
           f"{args.threads} threads")
@@ -73,8 +79,10 @@ def main() -> None:
         per_region = 1000 * search["seconds"] / max(search["regions"], 1)
         print(f"\nmask review's localisation search: {search['seconds']:.2f} s for {search['regions']} regions "
               f"({per_region:.1f} ms per region)")
+        print(f"of which the boundary part: {search['boundary']:.2f} s "
+              f"({1000 * search['boundary'] / max(search['regions'], 1):.1f} ms per region)")
     finally:
-        review.localisation = localisation
+        review.localisation, review.boundary = localisation, boundary
         mifo.delete_region_results(dataset, "ground_truth")
         dataset.delete()
 

@@ -11,6 +11,8 @@ from scipy import ndimage
 
 from fiftyone_maskinversion.core.badmask import (
     COMPONENTS,
+    EDGE_CLEAN,
+    EDGE_PROFILE,
     FITS_BELOW,
     HOT,
     REASONS,
@@ -24,6 +26,7 @@ from fiftyone_maskinversion.core.badmask import (
     missing_regions,
     pairwise_dice,
     review_masks,
+    ring_means,
     wrong_object,
 )
 from fiftyone_maskinversion.core.inputs import load_rgb, prepare_masks
@@ -87,6 +90,22 @@ def test_localisation_by_hand():
     # 24 px around it: shrunk by round(0.2 * 24) = 5 px it is 14 x 14 inside the evidence
     assert found["too_large"][3] == pytest.approx(_dice(196, 256, 196) - _dice(256, 256, 576))
     assert found["too_small"][3] < 0 and found["too_large"][2] < 0
+    # boundary: the right mask's border is hot and everything outside cold: below the clean median, 0
+    assert found["boundary"][0] == 0 and found["boundary"][3] == 0  # too large: its border is already cold
+    # 8 px in the middle: its border and rings 1-4 (1 px each) lie on the evidence, rings 5 and 6 off it
+    assert ring_means(evidence, masks[2], 1, 7) == pytest.approx([1, 1, 1, 1, 1, 0, 0])
+    assert found["boundary"][2] == pytest.approx(sum(EDGE_PROFILE[:5]) - EDGE_CLEAN)
+    # rings two pixels wide: ring 2 (3-4 px out) is the last on the evidence
+    assert ring_means(evidence, masks[2], 2, 4) == pytest.approx([1, 1, 1, 0])
+
+
+def test_boundary_ranks_an_eroded_mask_above_the_right_one_on_a_blurred_map():
+    """A smooth evidence blob (a Gaussian-blurred 16 px square, as LeGrad maps are smooth): the mask
+    eroded to its inner half gets a positive boundary, the right mask none."""
+    evidence = torch.from_numpy(ndimage.gaussian_filter(_square(20, 20, 16).numpy(), 3.0))
+    evidence = evidence / evidence.max()
+    found = localisation(evidence.expand(2, -1, -1), torch.stack([_square(20, 20, 16), _square(24, 24, 8)]))
+    assert found["boundary"][1] > 0.1 and found["boundary"][0] < found["boundary"][1]
 
 
 def _moved(mask, dy, dx):
@@ -97,7 +116,15 @@ def _moved(mask, dy, dx):
     return out
 
 
-def _localisation_reference(class_map, mask):
+def _ring_reference(class_map, mask, ring, count):
+    """Mean map values on the rings of the module doc (square neighbourhoods, numpy and scipy)."""
+    inside = (mask >= 0.5).astype(np.float64)
+    levels = [ndimage.minimum_filter(inside, size=2 * ring + 1, mode="constant", cval=np.inf), inside]
+    levels += [ndimage.maximum_filter(inside, size=2 * ring * d + 1, mode="constant", cval=-np.inf) for d in range(1, count)]
+    return [(class_map * (b - a)).sum() / (b - a).sum() for a, b in zip(levels, levels[1:])]
+
+
+def _localisation_reference(class_map, mask, ring=1):
     """The module doc's definition, written again with numpy and scipy (float64)."""
     ys, xs = np.nonzero(mask >= 0.5)
     height, width = np.ptp(ys) + 1, np.ptp(xs) + 1
@@ -112,8 +139,10 @@ def _localisation_reference(class_map, mask):
     grown = ndimage.maximum_filter(mask, size=side, mode="constant", cval=-np.inf)
     shrunk = ndimage.minimum_filter(mask, size=side, mode="constant", cval=np.inf)
     base = _soft_dice(local, mask)
+    edge = float(np.dot(EDGE_PROFILE, _ring_reference(class_map, mask, ring, len(EDGE_PROFILE))))
     return {"shifted": max(shifts) - _soft_dice(class_map, mask),
-            "too_small": _soft_dice(local, grown) - base, "too_large": _soft_dice(local, shrunk) - base}
+            "too_small": _soft_dice(local, grown) - base, "too_large": _soft_dice(local, shrunk) - base,
+            "boundary": max(0.0, edge - EDGE_CLEAN)}
 
 
 def test_missing_regions_by_hand():
@@ -148,7 +177,8 @@ def test_review_masks_equals_an_independent_computation(tiny, scene):
     grid = prepare_masks(masks, masks.shape[1:], tiny.image_size).grid_masks.numpy().astype(np.float64)
     dice = np.array([[_soft_dice(maps[c], m) for c in range(4)] for m in grid])
     for row, label in enumerate(labels[:2]):
-        expected = _localisation_reference(maps[label], grid[row])
+        ring = max(1, round(maps.shape[-1] / (8 * tiny.grid_size)))
+        expected = _localisation_reference(maps[label], grid[row], ring)
         expected["wrong_object"] = max(0, dice[row, [c for c in (0, 2) if c != label]].max() - dice[row, label])
         expected["infidelity"] = 1 - inversion_dice[row]
         # float32 maps and products against this float64 reference: 1e-5 leaves room for the rounding
@@ -224,3 +254,22 @@ def test_corruptions_do_what_they_say():
     assert kinds[0] != "swap"
     untouched, kinds = corrupt([mask, other], np.random.default_rng(0), noise=0.0)
     assert kinds == ["ok", "ok"] and (untouched[0] == mask).all()
+
+
+def test_a_large_boundary_part_reads_too_small():
+    components = {name: np.zeros(2) for name in COMPONENTS}
+    components["boundary"][:] = [2 * FITS_BELOW / WEIGHTS["boundary"], 0.5 * FITS_BELOW / WEIGHTS["boundary"]]
+    scores, reasons = mask_mistakenness(components)
+    assert scores == pytest.approx([2 * FITS_BELOW, 0.5 * FITS_BELOW]) and reasons == ["too small", "fits"]
+
+
+def test_rings_of_a_tiny_pooled_mask_start_at_its_fullest_cells():
+    """A mask pooled below one cell (values < 0.5 everywhere) has rings around its fullest cells."""
+    evidence = _square(20, 20, 16)
+    tiny = torch.zeros(64, 64)
+    tiny[27, 27] = 0.25
+    tiny[27, 28] = 0.1
+    full = torch.zeros(64, 64)
+    full[27, 27] = 1.0
+    assert ring_means(evidence, tiny, 1, 7) == pytest.approx(ring_means(evidence, full, 1, 7))
+    assert np.isnan(ring_means(evidence, torch.zeros(64, 64), 1, 3)).all()
