@@ -117,6 +117,11 @@ def cmd_apply_relabel(args) -> None:
         print(f"  {label_id}: {before} -> {after}")
 
 
+def _number(value, width: int) -> str:
+    """A float right-aligned in ``width`` characters with 3 decimals, or "-" where the value is missing."""
+    return f"{value:{width}.3f}" if value is not None else f"{'-':>{width}}"
+
+
 def cmd_mislabeled(args) -> None:
     from .fo import find_mislabeled, prediction_of
     from .fo.relabel import run_and_pred_field
@@ -131,6 +136,7 @@ def cmd_mislabeled(args) -> None:
 
 
 def cmd_badmasks(args) -> None:
+    from .core.badmask import COMPONENTS
     from .core.zeroshot import classes_from_text
     from .fo import find_bad_masks, find_missing_regions, score_masks
     from .fo.runs import attribute_names, require_run
@@ -148,11 +154,13 @@ def cmd_badmasks(args) -> None:
         print(f"  failed: sample {sample_id} label {label_id}: {reason}")
     view = find_bad_masks(dataset, args.label_field, args.embeddings_field)
     names = attribute_names(args.embeddings_field)
-    print(f"{'mask score':>10}  {'label':<20} {'inversion dice':>14}  {'reason':<12} sample / label id")
+    parts = "".join(f"{part:>13}" for part in COMPONENTS)
+    print(f"{'mask score':>10}  {'label':<20} {'reason':<12}{parts}  sample / label id")
     for patch in view.limit(args.limit):
         region = patch[run.regions_field]
-        print(f"{region[names['mask_mistakenness']]:10.3f}  {region.label:<20} {region[names['dice']]:14.3f}  "
-              f"{region[names['mask_reason']] or '':<12} {patch.sample_id} / {region.id}")
+        values = "".join(_number(region[names[f"mask_{part}"]], 13) for part in COMPONENTS)
+        print(f"{region[names['mask_mistakenness']]:10.3f}  {region.label:<20} {region[names['mask_reason']] or '':<12}"
+              f"{values}  {patch.sample_id} / {region.id}")
     if summary.missing_field:
         print(f"suggested missing regions (field {summary.missing_field!r}):")
         for patch in find_missing_regions(dataset, args.label_field, args.embeddings_field).limit(args.limit):

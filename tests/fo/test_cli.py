@@ -6,6 +6,8 @@ import sys
 import pytest
 from fiftyone import ViewField as F
 
+from fiftyone_maskinversion.core.badmask import COMPONENTS
+
 from ..helpers import delete_with_heatmaps, load_coco, save_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -60,9 +62,15 @@ def test_a_run_by_name_then_its_follow_up_commands(dataset, tmp_path):
               "--min-missing-score", "0")
     assert bad.returncode == 0 and f"scored {regions} regions (0 unscorable, 0 already reviewed with these settings)" \
         in bad.stdout, bad.stderr
-    listed = [float(line.split()[0]) for line in bad.stdout.split("sample / label id\n")[1].splitlines()[:3]]
+    header, listing = bad.stdout.split("sample / label id\n")
+    listed = [float(line.split()[0]) for line in listing.splitlines()[:3]]
     stored = dataset.values("ground_truth.detections.mi_embedding_mask_mistakenness", unwind=True)
     assert listed == pytest.approx(sorted((v for v in stored if v is not None), reverse=True)[:3], abs=1e-3)
+    assert header.splitlines()[-1].split()[-len(COMPONENTS):] == list(COMPONENTS)  # each score's parts, named
+    first = dataset.values("ground_truth.detections.id", unwind=True).index(listing.splitlines()[0].split()[-1])
+    parts = [float(v) for v in listing.splitlines()[0].split()[-3 - len(COMPONENTS):-3]]  # before "sample / label"
+    assert parts == pytest.approx([dataset.values(f"ground_truth.detections.mi_embedding_mask_{part}", unwind=True)[first]
+                                   for part in COMPONENTS], abs=1e-3)
     assert "suggested missing regions (field 'ground_truth_mi_embedding_missing')" in bad.stdout
     index = cli("index", name, "--label-field", "ground_truth", "--backend", "lancedb", "--option",
                 f"uri={tmp_path / 'lance'}")
