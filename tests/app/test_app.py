@@ -307,8 +307,9 @@ def _close_result(page):
         time.sleep(1)
 
 
-def _open_region_in_panel(page, shot):
-    """Open the grid's first tile in the modal and show the MaskInversion panel; returns the panel's text."""
+def _open_region_in_panel(page, shot, in_modal=None):
+    """Open the grid's first tile in the modal (``in_modal(page)`` runs then, before the panel takes half
+    of it) and show the MaskInversion panel; returns the panel's text."""
     _close_result(page)
     dismiss = page.get_by_text("Dismiss", exact=True)
     if dismiss.count() and dismiss.first.is_visible():
@@ -316,6 +317,8 @@ def _open_region_in_panel(page, shot):
     page.locator("[data-cy='looker']").first.click()
     _wait_for(page, "[data-cy='modal']", timeout=30_000)
     time.sleep(3)
+    if in_modal is not None:
+        in_modal(page)
     tab = page.locator("[data-cy='panel-tab-maskinversion_panel']")
     if tab.count():  # offered as a tab the first time
         tab.first.click()
@@ -348,6 +351,40 @@ def _close_modal(page):
     raise _page_failure(page, "app-modal-stays.png", "the sample modal did not close")
 
 
+def _pills(page, path, style=None):
+    """The texts (or a computed style) of the grid tiles' pills of one field or label attribute, in grid order."""
+    return page.evaluate("([path, style]) => Array.from(document.querySelectorAll(`[data-cy='looker'] "
+                         "[data-cy='tag-${path}']`)).map(d => style ? getComputedStyle(d)[style] : d.innerText)",
+                         [path, style])
+
+
+def _tooltip_items(page, shot):
+    """Hover the open modal's region until FiftyOne's label tooltip shows; its attributes in the order
+    shown: name -> {text, inside (drawn within the tooltip's visible box)}."""
+    box = page.locator("[data-cy='modal-looker-container']").first.bounding_box()
+    content = page.locator("[data-cy='sample-canvas-tooltip-content']")
+    points = [(box["x"] + fx * box["width"] / 12, box["y"] + fy * box["height"] / 12)
+              for fy in range(1, 12) for fx in range(1, 12)]
+    for x, y in points:  # the region is somewhere in the zoomed patch: scan until its tooltip shows
+        page.mouse.move(x, y)
+        if content.count() and content.first.is_visible():
+            break
+        time.sleep(0.1)
+    else:
+        raise _page_failure(page, shot, "hovering the region showed no tooltip")
+    time.sleep(1)
+    page.screenshot(path=str(ARTIFACTS / shot))
+    return page.evaluate("""() => {
+        const box = document.querySelector("[data-cy='sample-canvas-tooltip-content']").getBoundingClientRect();
+        const items = {};
+        for (const e of document.querySelectorAll("[data-cy='sample-canvas-tooltip-content'] [data-cy^='attribute-']")) {
+            const r = e.getBoundingClientRect();
+            items[e.dataset.cy.slice(10)] = {text: e.innerText, inside: r.top >= box.top && r.bottom <= box.bottom};
+        }
+        return items;
+    }""")
+
+
 def _poll(check, what, timeout=30):
     deadline = time.monotonic() + timeout
     while not check():
@@ -376,11 +413,15 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         time.sleep(2)
         page.screenshot(path=str(ARTIFACTS / "app-loop-mislabeled.png"))
         # each tile's two label pills: the annotation in one colour, the prediction in another, on every tile
-        pills = page.evaluate("() => Array.from(document.querySelectorAll(\"[data-cy='looker'] div\"))"
-                              ".filter(d => !d.children.length && d.innerText)"
-                              ".map(d => getComputedStyle(d).backgroundColor)")
-        assert len(pills) == 2 * len(mislabeled), pills
-        assert len(set(pills[0::2])) == 1 and len(set(pills[1::2])) == 1 and pills[0] != pills[1], pills
+        colours = {field: _pills(page, field, "backgroundColor")
+                   for field in ("ground_truth", "ground_truth_mi_embedding_relabel")}
+        assert [len(c) for c in colours.values()] == [len(mislabeled)] * 2, colours
+        annotation, prediction = (set(c) for c in colours.values())
+        assert len(annotation) == len(prediction) == 1 and annotation != prediction, colours
+        # and the score the view is sorted by, written on every tile, in the view's order
+        scores = [float(v) for v in _pills(page, "ground_truth.mi_embedding_mistakenness")]
+        stored = mislabeled.values("ground_truth.mi_embedding_mistakenness")
+        assert len(scores) == len(stored) and np.allclose(scores, stored, atol=5e-4), (scores, stored)
 
         text = _open_region_in_panel(page, "app-loop-panel.png")
         assert f"{annotated} (ground_truth, annotation)" in text and f"Prediction: {predicted}" in text
@@ -403,9 +444,25 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         _run_operator(page, "MaskInversion: find bad masks and missing regions",
                       lambda ms: page.wait_for_selector(f"text={scored} patches", timeout=ms))
         page.screenshot(path=str(ARTIFACTS / "app-loop-badmasks.png"))
-        worst = mifo.find_bad_masks(dataset, "ground_truth").first().ground_truth
-        text = _open_region_in_panel(page, "app-loop-panel-badmask.png")
+        badmasks = mifo.find_bad_masks(dataset, "ground_truth")
+        worst = badmasks.first().ground_truth
+        # each tile says its mask score and the reason (the grid draws the tiles in view; the first rows suffice)
+        shown = _pills(page, "ground_truth.mi_embedding_mask_reason")
+        assert shown and shown == badmasks.values("ground_truth.mi_embedding_mask_reason")[:len(shown)], shown
+        scores = [float(v) for v in _pills(page, "ground_truth.mi_embedding_mask_mistakenness")]
+        stored = badmasks.values("ground_truth.mi_embedding_mask_mistakenness")[:len(scores)]
+        assert scores and np.allclose(scores, stored, atol=5e-4), (scores, stored)
+        tooltip = {}
+        text = _open_region_in_panel(page, "app-loop-panel-badmask.png",
+                                     lambda page: tooltip.update(_tooltip_items(page, "app-loop-tooltip.png")))
         assert f"Mask mistakenness {worst.mi_embedding_mask_mistakenness:.2f}" in text
+        # the hover tooltip shows the mask score and reason within its box, and the embedding last
+        items = tooltip
+        assert items.get("mi_embedding_mask_mistakenness", {}).get("text") == f"{worst.mi_embedding_mask_mistakenness:.3f}", items
+        assert items["mi_embedding_mask_mistakenness"]["inside"], items
+        assert items["mi_embedding_mask_reason"]["inside"] and items["mi_embedding_mask_reason"]["text"] == worst.mi_embedding_mask_reason
+        ours = [name for name in items if name.startswith("mi_embedding")]
+        assert ours[-1] == "mi_embedding" and ours.index("mi_embedding_mask_mistakenness") < 3, list(items)
         page.get_by_role("button", name="mi:bad-mask").click()
         _poll(lambda: dataset.count_label_tags() == {"mi:bad-mask": 1}, "the tag was not written")
         assert dataset.select_labels(tags="mi:bad-mask").values("ground_truth.detections.id", unwind=True) == [worst.id]
