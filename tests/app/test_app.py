@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -122,6 +123,35 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         without_heatmap = _grid(page, "app-heatmaps-hidden.png")
         # the heatmap overlay changes the rendered grid substantially
         assert np.abs(with_heatmap - without_heatmap).mean() > 3.0
+    finally:
+        delete_with_heatmaps(dataset)
+
+
+def test_heatmaps_stored_as_files_are_drawn_by_the_app(app_url, page, tmp_path):
+    """Issue 18: with heatmaps="files" the heatmaps dataset holds only map_path references to PNGs; the App
+    fetches those files and draws them over the images, and the panel draws a region's heatmap from its file."""
+    dataset = load_coco(2, persistent=True)
+    try:
+        mifo.compute_region_embeddings(dataset, "ground_truth", backbone=make_backbone(seed=2), iterations=1,
+                                       heatmaps="files", heatmaps_dir=str(tmp_path / "maps"))
+        heat = mifo.heatmaps_dataset(dataset)
+        files = heat.values("heatmap.map_path")
+        assert len(files) == len(heat) > 0 and all(os.path.isfile(f) for f in files)
+        assert heat.count("heatmap.map") == 0  # nothing drawn from the database: only the files
+        requested = []
+        page.on("request", lambda request: requested.append(urllib.parse.unquote(request.url)))
+        _open(page, f"{app_url}/datasets/{heat.name}")
+        time.sleep(3)
+        with_heatmap = _grid(page, "app-files-heatmaps.png")
+        fetched = {f for f in files if any(f in url for url in requested)}
+        assert fetched, "the App fetched none of the heatmap files"
+        page.locator("[data-cy='checkbox-heatmap']").click()  # hide the heatmap label
+        time.sleep(3)
+        without_heatmap = _grid(page, "app-files-heatmaps-hidden.png")
+        assert np.abs(with_heatmap - without_heatmap).mean() > 3.0  # the files' heatmaps are drawn
+
+        text = _open_region_in_panel(page, "app-files-panel.png")  # the panel: the region's heatmap from its file
+        assert "Dice" in text and "heatmap is missing" not in text, text
     finally:
         delete_with_heatmaps(dataset)
 
