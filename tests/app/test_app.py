@@ -425,7 +425,11 @@ def _poll(check, what, timeout=30):
 def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
     """Issue 16's loop: find_mislabeled -> a flagged region in the modal -> the panel shows its heatmap,
     prediction and scores -> accept -> undo -> find_bad_masks from that same view -> the panel shows the
-    mask score -> tag it -> search in words (the view bar reads them) -> the missing-region suggestions."""
+    mask score -> tag it -> search in words (the view bar reads them) -> the missing-region suggestions ->
+    mislabeled again -> a selected patch's heatmaps. Each review view's tiles carry its score (and a bad
+    mask's reason), the hover tooltip shows the mask score; every view the package opens in the grid
+    (mislabeled, bad masks, search results, missing regions, a selection of patches) runs a follow-up here,
+    the heatmaps dataset in test_a_selected_samples_heatmaps_one_action_away_and_back."""
     dataset, _ = reviewed_coco(tmp_path, samples=2)
     dataset.persistent = True
     try:
@@ -520,5 +524,23 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         _run_operator(page, "MaskInversion: show suggested missing regions",
                       lambda ms: page.wait_for_selector(f"text={suggested} patches", timeout=ms))
         page.screenshot(path=str(ARTIFACTS / "app-loop-missing.png"))
+        confidences = [float(v) for v in _pills(page, "ground_truth_mi_embedding_missing.confidence")]
+        stored = mifo.find_missing_regions(dataset, "ground_truth").values("ground_truth_mi_embedding_missing.confidence")
+        assert confidences and np.allclose(confidences, stored[:len(confidences)], atol=5e-4), confidences
+
+        # follow-ups from the last two views the package opens: the missing-region view -> mislabeled again,
+        # and a selection of patches -> the heatmaps of exactly the selected region
+        _close_result(page)
+        mislabeled = mifo.find_mislabeled(dataset, "ground_truth")
+        _run_operator(page, "MaskInversion: show likely mislabeled regions",
+                      lambda ms: page.wait_for_selector(f"text={len(mislabeled)} patches", timeout=ms))
+        _close_result(page)
+        _select_first_sample(page)
+        _run_operator(page, "MaskInversion: show heatmaps of the selection",
+                      lambda ms: page.wait_for_selector("img[src^='data:image/png']", timeout=ms))
+        page.screenshot(path=str(ARTIFACTS / "app-loop-selection-heatmaps.png"))
+        companion = mifo.heatmaps_dataset(dataset)
+        companion.reload()
+        assert companion.load_saved_view("selection").values("source_label_id") == [mislabeled.first().ground_truth.id]
     finally:
         delete_with_heatmaps(dataset)
