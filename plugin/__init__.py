@@ -352,7 +352,7 @@ class ZeroShotRelabel(_Delegable):
         if _vocabulary_inputs(ctx, inputs):
             inputs.int("top_k", default=defaults.TOP_K, label="Top-k classes to keep")
             inputs.str("pred_field", default="", label="Predictions field",
-                       description="empty: <label field>_<embeddings attribute>_relabel")
+                       description="empty: relabel_<label field>_<embeddings attribute>")
             inputs.bool("overwrite", default=False, label="Overwrite this run's existing predictions field?")
             inputs.view_target(ctx)
             _delegation_input(inputs)
@@ -451,7 +451,7 @@ class FindMislabeled(_Summarised):
     def summary(self, results):
         return (f"{results.get('regions', 0)} regions, the most likely mislabeled first (sorted by class "
                 "mistakenness; low-fidelity regions left out). Each tile draws the annotation (the label field) "
-                "and the prediction (the '_relabel' field) in their fields' colours, as in the sidebar. Open one "
+                "and the prediction (the 'relabel_' field) in their fields' colours, as in the sidebar. Open one "
                 "and the MaskInversion panel to accept, fix or tag it.")
 
 

@@ -43,7 +43,12 @@ class MaskReviewSummary:
 
 
 def default_missing_field(run: RegionRun) -> str:
-    return f"{run.label_field}_{run.embeddings_field}_missing"
+    """``defaults.MISSING_FIELD`` of the run, or the suggestions field the run already has (a run made
+    under the earlier default name ``<label field>_<embeddings field>_missing`` keeps using it)."""
+    earlier = run.roles.get("missing_field")
+    if earlier and earlier in run.pred_fields:
+        return earlier
+    return defaults.MISSING_FIELD.format(label_field=run.label_field, embeddings_field=run.embeddings_field)
 
 
 def score_masks(
@@ -163,7 +168,7 @@ def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, 
                 region[names[f"mask_{part}"]] = None if np.isnan(value) else float(value)
             summary.scored += not np.isnan(score)
             summary.unscorable += bool(np.isnan(score))
-    store_in_tooltip_order(sample[run.regions_field], run.embeddings_field)
+    store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
     if missing_field:
         classes = list(index)
         sample[missing_field] = fo.Detections(detections=[

@@ -73,7 +73,12 @@ class RelabelChanges:
 
 
 def default_pred_field(run: RegionRun) -> str:
-    return f"{run.label_field}_{run.embeddings_field}_relabel"
+    """``defaults.PRED_FIELD`` of the run, or the predictions field a run made under the earlier default
+    name ``<label field>_<embeddings field>_relabel`` (it keeps using it)."""
+    earlier = f"{run.label_field}_{run.embeddings_field}_relabel"
+    if earlier in run.pred_fields:
+        return earlier
+    return defaults.PRED_FIELD.format(label_field=run.label_field, embeddings_field=run.embeddings_field)
 
 
 def zero_shot_relabel(
@@ -141,7 +146,7 @@ def zero_shot_relabel(
             region[names["topk_labels"]] = prediction["topk_labels"]
             region[names["topk_scores"]] = prediction["topk_scores"]
             region[names["low_fidelity"]] = bool(attribute(region, names["dice"]) < defaults.MIN_FIDELITY)
-        store_in_tooltip_order(container, run.embeddings_field)
+        store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
         summary.regions += len(predictions)
         summary.changed += sum(p.label != p["gt_label"] for p in predictions)
         sample[pred_field] = container_of(predictions, container)
@@ -237,7 +242,7 @@ def apply_relabel(
                     _push_history(region, names, region.label, prediction.label)
                     region.label = prediction.label
         if not dry_run and len(changes.changed) > applied:
-            store_in_tooltip_order(sample[run.regions_field], run.embeddings_field)
+            store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
     if not dry_run:
         heatmap_store.update_labels(dataset, run.regions_field, {i: new for i, (_, new) in changes.changed.items()})
     return changes

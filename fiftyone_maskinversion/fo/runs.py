@@ -123,11 +123,15 @@ TOOLTIP_ORDER = ("mistakenness", "mask_mistakenness", "mask_reason", "predicted_
                  "topk_labels", "topk_scores", "error", "run", "mask_review", "embedding")
 
 
-def store_in_tooltip_order(container, embeddings_field: str) -> None:
-    """Put the run's attributes of every region in ``container`` (a Detections/Polylines value) after the
-    label's own attributes, in :data:`TOOLTIP_ORDER`; regions already in that order are left as they are.
-    Call it before saving the sample: a region is replaced by an equal label (same id, same values)."""
-    if container is None:
+def store_in_tooltip_order(sample, regions_field: str, embeddings_field: str) -> None:
+    """Put the run's attributes of every region of ``sample[regions_field]`` (Detections/Polylines) after
+    the label's own attributes, in :data:`TOOLTIP_ORDER`; regions already in that order are left as they
+    are. Call it before saving the sample: a region is replaced by an equal label (same id, same values).
+    A sample of a view that filters the field's list is left as it is (FiftyOne refuses to replace the
+    elements of a filtered list); its regions are ordered by the next write through an unfiltered view."""
+    container = sample[regions_field]
+    filtered = getattr(sample, "filtered_field_names", None) or ()
+    if container is None or any(f == regions_field or f.startswith(f"{regions_field}.") for f in filtered):
         return
     names = attribute_names(embeddings_field)
     ours = [names[key] for key in TOOLTIP_ORDER]

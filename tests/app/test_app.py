@@ -286,7 +286,7 @@ def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url,
         time.sleep(3)
         page.screenshot(path=str(ARTIFACTS / "app-mislabeled.png"))
         # both label fields are drawn on each tile: the annotation and its prediction
-        for field in ("ground_truth", "ground_truth_mi_embedding_relabel"):
+        for field in ("ground_truth", "relabel_ground_truth_mi_embedding"):
             assert page.locator(f"[data-cy='checkbox-{field}'] input:checked, "
                                 f"[data-cy='checkbox-{field}'] .Mui-checked").count() > 0, field
         dataset.reload()
@@ -388,6 +388,25 @@ def _pills(page, path, style=None):
                          [path, style])
 
 
+def _sidebar_name(page, path):
+    """The part of a sidebar field's name the App shows before it cuts the name (with an ellipsis)."""
+    return page.evaluate("""(path) => {
+        const span = document.querySelector(`[data-cy='sidebar-field-${path}']`);
+        let box = span;
+        while (box && getComputedStyle(box).textOverflow !== 'ellipsis') box = box.parentElement;
+        const right = (box || span).getBoundingClientRect().right;
+        const walker = document.createTreeWalker(span, NodeFilter.SHOW_TEXT);
+        const node = walker.nextNode(), range = document.createRange();
+        let shown = 0;
+        for (let i = 1; i <= node.length; i++) {
+            range.setStart(node, 0); range.setEnd(node, i);
+            if (range.getBoundingClientRect().right > right) break;
+            shown = i;
+        }
+        return node.data.slice(0, shown < node.length ? Math.max(0, shown - 3) : shown);  // the ellipsis covers ~3
+    }""", path)
+
+
 def _tooltip_items(page, shot):
     """Hover the open modal's region until FiftyOne's label tooltip shows; its attributes in the order
     shown: name -> {text, inside (drawn within the tooltip's visible box)}."""
@@ -436,10 +455,14 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         mislabeled = mifo.find_mislabeled(dataset, "ground_truth")
         first = mislabeled.first()
         region_id, annotated = first.ground_truth.id, first.ground_truth.label
-        predicted = mifo.prediction_of(first, "ground_truth_mi_embedding_relabel").label
+        predicted = mifo.prediction_of(first, "relabel_ground_truth_mi_embedding").label
         label = lambda: dataset.select_labels(ids=[region_id]).first().ground_truth.detections[0]  # noqa: E731
 
         _open(page, f"{app_url}/datasets/{dataset.name}")
+        # observation 10: the package's two fields do not look alike in the sidebar, which cuts long names
+        run = mifo.list_region_runs(dataset)[0]
+        shown = [_sidebar_name(page, field) for field in run.pred_fields]
+        assert len(shown) == 2 and shown[0] != shown[1], shown
         _run_operator(page, "MaskInversion: show likely mislabeled regions",
                       lambda ms: page.wait_for_selector(f"text={len(mislabeled)} patches", timeout=ms))
         assert page.get_by_text("sorted by class mistakenness", exact=False).count()  # the summary says the sort
@@ -448,7 +471,7 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "app-loop-mislabeled.png"))
         # each tile's two label pills: the annotation in one colour, the prediction in another, on every tile
         colours = {field: _pills(page, field, "backgroundColor")
-                   for field in ("ground_truth", "ground_truth_mi_embedding_relabel")}
+                   for field in ("ground_truth", "relabel_ground_truth_mi_embedding")}
         assert [len(c) for c in colours.values()] == [len(mislabeled)] * 2, colours
         annotation, prediction = (set(c) for c in colours.values())
         assert len(annotation) == len(prediction) == 1 and annotation != prediction, colours
@@ -520,12 +543,12 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         assert values[values.index("SortBySimilarity") + 1] == "a photo of a red circle", values
         page.screenshot(path=str(ARTIFACTS / "app-loop-search.png"))
 
-        suggested = dataset.count("ground_truth_mi_embedding_missing.detections")
+        suggested = dataset.count("missing_ground_truth_mi_embedding.detections")
         _run_operator(page, "MaskInversion: show suggested missing regions",
                       lambda ms: page.wait_for_selector(f"text={suggested} patches", timeout=ms))
         page.screenshot(path=str(ARTIFACTS / "app-loop-missing.png"))
-        confidences = [float(v) for v in _pills(page, "ground_truth_mi_embedding_missing.confidence")]
-        stored = mifo.find_missing_regions(dataset, "ground_truth").values("ground_truth_mi_embedding_missing.confidence")
+        confidences = [float(v) for v in _pills(page, "missing_ground_truth_mi_embedding.confidence")]
+        stored = mifo.find_missing_regions(dataset, "ground_truth").values("missing_ground_truth_mi_embedding.confidence")
         assert confidences and np.allclose(confidences, stored[:len(confidences)], atol=5e-4), confidences
 
         # follow-ups from the last two views the package opens: the missing-region view -> mislabeled again,

@@ -63,13 +63,13 @@ def test_a_run_by_name_then_its_follow_up_commands(dataset, tmp_path):
     listed = [float(line.split()[0]) for line in bad.stdout.split("sample / label id\n")[1].splitlines()[:3]]
     stored = dataset.values("ground_truth.detections.mi_embedding_mask_mistakenness", unwind=True)
     assert listed == pytest.approx(sorted((v for v in stored if v is not None), reverse=True)[:3], abs=1e-3)
-    assert "suggested missing regions (field 'ground_truth_mi_embedding_missing')" in bad.stdout
+    assert "suggested missing regions (field 'missing_ground_truth_mi_embedding')" in bad.stdout
     index = cli("index", name, "--label-field", "ground_truth", "--backend", "lancedb", "--option",
                 f"uri={tmp_path / 'lance'}")
     assert index.returncode == 0 and f"(lancedb) over {regions} regions" in index.stdout, index.stderr
     assert_one_line_error(cli("index", name, "--label-field", "ground_truth", "--option", "uri"), "KEY=VALUE")
     runs = cli("runs", name)
-    assert runs.returncode == 0 and "mi-test-tiny" in runs.stdout and "ground_truth_mi_embedding_relabel" in runs.stdout
+    assert runs.returncode == 0 and "mi-test-tiny" in runs.stdout and "relabel_ground_truth_mi_embedding" in runs.stdout
 
 
 @pytest.mark.parametrize("shard", ["3", "1", "2/2", "a/b"])
