@@ -110,6 +110,24 @@ def test_the_review_verdicts_are_stored_first_and_the_embedding_last(embedded, t
     assert list(changed)[-1] == names["embedding"], list(changed)  # the relabel history goes before it too
 
 
+def test_review_fields_are_named_role_first_and_a_run_keeps_its_earlier_names(embedded, tiny):
+    """Observation 10: "<field>_<embeddings>_relabel" and "..._missing" looked alike in the App's sidebar,
+    which cuts names at about 27 characters; the defaults now start with the role. A run that wrote the
+    earlier names keeps finding them without being told."""
+    from fiftyone_maskinversion import defaults
+
+    names = [template.format(label_field="ground_truth", embeddings_field="mi_embedding")
+             for template in (defaults.PRED_FIELD, defaults.MISSING_FIELD)]
+    assert names[0][:8] != names[1][:8]  # told apart by their first word
+    earlier = ("ground_truth_mi_embedding_relabel", "ground_truth_mi_embedding_missing")
+    mifo.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, pred_field=earlier[0])
+    mifo.score_masks(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, missing_field=earlier[1],
+                     min_missing_score=0.0, confirmation=0.0)
+    assert len(mifo.find_mislabeled(embedded, "ground_truth")) > 0  # the run's own field, found by default
+    assert mifo.find_missing_regions(embedded, "ground_truth").patches_field == earlier[1]
+    assert not any(embedded.has_sample_field(n) for n in names)
+
+
 def test_what_is_missing_says_what_to_run(embedded):
     region = first_embedded(embedded)
     assert review_region(embedded, region.id).missing == [
