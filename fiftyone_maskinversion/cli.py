@@ -295,7 +295,7 @@ def _run_args(parser: argparse.ArgumentParser, pred: bool = False) -> None:
     parser.add_argument("--label-field", required=True, help="Detections, Polylines or Segmentation field")
     parser.add_argument("--embeddings-field", default=defaults.EMBEDDINGS_FIELD)
     if pred:
-        parser.add_argument("--pred-field", default=None, help="default: <label-field>_<embeddings-field>_relabel")
+        parser.add_argument("--pred-field", default=None, help="default: relabel_<label-field>_<embeddings-field>")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,11 @@ EMBEDDINGS_FIELD = "mi_embedding"
 BATCH_SIZE = 16  # samples per database write
 HEATMAPS = "database"  # where a run keeps its heatmaps: "database" (companion documents), "files" (PNGs), "none"
 HEATMAPS_DIR = "maskinversion-heatmaps"  # with "files" and no folder named: this folder under FiftyOne's dataset dir
+# the fields a run's reviews write unless named: the role first, since the App's sidebar cuts a field name
+# at about 27 characters and "<field>_<embeddings>_relabel" / "..._missing" looked the same there (runs
+# that wrote the earlier names keep them: see relabel.default_pred_field, badmask.default_missing_field)
+PRED_FIELD = "relabel_{label_field}_{embeddings_field}"
+MISSING_FIELD = "missing_{label_field}_{embeddings_field}"
 PROMPT = "ensemble"  # CLIP's 80 ImageNet templates; or one template with {}
 SINGLE_PROMPT = "a photo of a {}."
 TOP_K = 5

@@ -40,6 +40,7 @@ from fiftyone_maskinversion.fo.appearance import (
     heatmaps_look,
     package_fields,
     review_color_scheme,
+    tile_fields,
 )
 from fiftyone_maskinversion.fo.heatmaps import SELECTION_VIEW, region_heatmaps_view, source_dataset
 from fiftyone_maskinversion.fo.preview import MAX_REGIONS, PANEL_HEIGHT, data_uri, draw_region, preview_data_uri
@@ -117,16 +118,19 @@ def _target(ctx):
     return resolve_target(ctx.target_view())
 
 
-def _show(ctx, view, dataset, opacity=None, color_by=None):
+def _show(ctx, view, dataset, opacity=None, color_by=None, kind=None, embeddings_field=None):
     """Open a review view in the App, with masks drawn so that the object shows through (the dataset's
     scheme, set to the review scheme if the user has none, applied to the open App as well; ``opacity``
-    and ``color_by`` override it in the open App only)."""
+    and ``color_by`` override it in the open App only); a review view of ``kind`` shows its score (and
+    a bad mask's reason) on each tile."""
     scheme = review_color_scheme(dataset)
     if group_package_fields(dataset):
         ctx.ops.reload_dataset()
     ctx.ops.set_view(view)
     ctx.trigger("set_color_scheme", params={"color_by": color_by or scheme.color_by,
                                             "opacity": opacity or scheme.opacity})
+    if kind is not None:
+        ctx.ops.set_active_fields(tile_fields(view, kind, embeddings_field or defaults.EMBEDDINGS_FIELD))
 
 
 def _prompt_input(inputs, default=defaults.PROMPT):
@@ -348,7 +352,7 @@ class ZeroShotRelabel(_Delegable):
         if _vocabulary_inputs(ctx, inputs):
             inputs.int("top_k", default=defaults.TOP_K, label="Top-k classes to keep")
             inputs.str("pred_field", default="", label="Predictions field",
-                       description="empty: <label field>_<embeddings attribute>_relabel")
+                       description="empty: relabel_<label field>_<embeddings attribute>")
             inputs.bool("overwrite", default=False, label="Overwrite this run's existing predictions field?")
             inputs.view_target(ctx)
             _delegation_input(inputs)
@@ -440,13 +444,14 @@ class FindMislabeled(_Summarised):
         dataset = _user_dataset(ctx)
         view = find_mislabeled(dataset, params["label_field"], params.get("pred_field") or None,
                                params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
-        _show(ctx, view, dataset, color_by="field")  # one colour for the annotation, one for the prediction
+        _show(ctx, view, dataset, color_by="field",  # one colour for the annotation, one for the prediction
+              kind="mislabeled", embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
         return {"regions": len(view)}
 
     def summary(self, results):
         return (f"{results.get('regions', 0)} regions, the most likely mislabeled first (sorted by class "
                 "mistakenness; low-fidelity regions left out). Each tile draws the annotation (the label field) "
-                "and the prediction (the '_relabel' field) in their fields' colours, as in the sidebar. Open one "
+                "and the prediction (the 'relabel_' field) in their fields' colours, as in the sidebar. Open one "
                 "and the MaskInversion panel to accept, fix or tag it.")
 
 
@@ -499,7 +504,7 @@ class FindBadMasks(_Delegable):
                       "missing_field": summary.missing_field or ""}
         if not ctx.delegated:
             view = find_bad_masks(target.samples, params["label_field"], field)
-            _show(ctx, view, target.dataset, BAD_MASK_OPACITY)
+            _show(ctx, view, target.dataset, BAD_MASK_OPACITY, kind="bad_masks", embeddings_field=field)
             result["regions"] = len(view)
         return result
 
@@ -536,9 +541,9 @@ class ShowMissingRegions(_Summarised):
 
     def execute(self, ctx):
         dataset = _user_dataset(ctx)
-        view = find_missing_regions(dataset, ctx.params["label_field"],
-                                    ctx.params.get("embeddings_field", defaults.EMBEDDINGS_FIELD))
-        _show(ctx, view, dataset)
+        embeddings = ctx.params.get("embeddings_field", defaults.EMBEDDINGS_FIELD)
+        view = find_missing_regions(dataset, ctx.params["label_field"], embeddings)
+        _show(ctx, view, dataset, kind="missing", embeddings_field=embeddings)
         return {"regions": len(view), "field": view.patches_field}
 
     def summary(self, results):
@@ -622,7 +627,7 @@ class SearchRegions(_Summarised):
             k=int(params.get("k", defaults.SEARCH_K)),
             embeddings_field=params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
         )
-        _show(ctx, view, dataset)
+        _show(ctx, view, dataset, kind="search")
         return {"regions": len(view)}
 
     def summary(self, results):
@@ -885,7 +890,8 @@ class RegionPanel(foo.Panel):
             opener = {"mislabeled": find_mislabeled, "bad_masks": find_bad_masks,
                       "missing": find_missing_regions}[kind]
             _show(ctx, opener(dataset, field, embeddings_field=embeddings), dataset,
-                  BAD_MASK_OPACITY if kind == "bad_masks" else None)
+                  BAD_MASK_OPACITY if kind == "bad_masks" else None, "field" if kind == "mislabeled" else None,
+                  kind=kind, embeddings_field=embeddings)
         except ValueError as err:
             ctx.panel.set_state("message", str(err))
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import fiftyone as fo
 
-from .runs import list_region_runs
+from .runs import attribute_names, list_region_runs
 
 REVIEW_OPACITY = 0.25  # the App's default (0.7) hides the colour that often defines the class
 BAD_MASK_OPACITY = 0.6  # the bad-mask view: a moved mask must stand out from the object it missed
 HEATMAP_OPACITY = 0.6  # the heatmaps dataset: at the review opacity the heatmap was a faint tint
 HEATMAP_COLORSCALE = "viridis"  # perceptually ordered: a brighter colour always means a higher score
 SIDEBAR_GROUP = "maskinversion"
+# what each review view's tiles say besides its labels (attributes of the patch's label, by their
+# attribute_names key, or a label field of the label such as the suggestions' confidence): the score the
+# view is sorted by, and a bad mask's reason
+TILE_TEXT = {"mislabeled": ("mistakenness",), "bad_masks": ("mask_mistakenness", "mask_reason"),
+             "missing": ("confidence",), "search": ()}
 
 
 def review_color_scheme(dataset: fo.Dataset) -> fo.ColorScheme:
@@ -64,3 +69,15 @@ def group_package_fields(dataset: fo.Dataset) -> bool:
     dataset.app_config.sidebar_groups = groups
     dataset.save()
     return True
+
+
+def tile_fields(view, kind: str, embeddings_field: str) -> list:
+    """The App's active fields for a review view (a patches view of ``kind``, see :data:`TILE_TEXT`): its
+    label fields (the region, and beside it the prediction in the mislabeled view), then the score the
+    view is sorted by (and a bad mask's reason), each of which the App writes on every tile (a patch's
+    label is one label, so its attributes are fields the grid can show)."""
+    field = view.patches_field
+    names = attribute_names(embeddings_field)
+    labels = [name for name, f in view.get_field_schema().items()
+              if isinstance(f, fo.EmbeddedDocumentField) and issubclass(f.document_type, fo.Label)]
+    return list(dict.fromkeys([field, *labels, *(f"{field}.{names.get(key, key)}" for key in TILE_TEXT[kind])]))

@@ -19,7 +19,8 @@ from .arguments import check_probability
 from .ownership import check_free, check_name, check_output_field, claim, mark_field, set_role
 from .regions import LabelError, attribute, declare_attributes, list_path, region_mask, regions_of
 from .run_views import current_regions, samples_with_current
-from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run, settings_digest, update_run
+from .runs import (RegionRun, attribute_names, attribute_paths, is_current, require_run, settings_digest,
+                   store_in_tooltip_order, update_run)
 from .targets import resolve_target
 from .vocabulary import vocabulary
 
@@ -42,7 +43,12 @@ class MaskReviewSummary:
 
 
 def default_missing_field(run: RegionRun) -> str:
-    return f"{run.label_field}_{run.embeddings_field}_missing"
+    """``defaults.MISSING_FIELD`` of the run, or the suggestions field the run already has (a run made
+    under the earlier default name ``<label field>_<embeddings field>_missing`` keeps using it)."""
+    earlier = run.roles.get("missing_field")
+    if earlier and earlier in run.pred_fields:
+        return earlier
+    return defaults.MISSING_FIELD.format(label_field=run.label_field, embeddings_field=run.embeddings_field)
 
 
 def score_masks(
@@ -162,6 +168,7 @@ def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, 
                 region[names[f"mask_{part}"]] = None if np.isnan(value) else float(value)
             summary.scored += not np.isnan(score)
             summary.unscorable += bool(np.isnan(score))
+    store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
     if missing_field:
         classes = list(index)
         sample[missing_field] = fo.Detections(detections=[

@@ -46,6 +46,7 @@ from .runs import (
     new_run,
     restart_run,
     see_other_processes,
+    store_in_tooltip_order,
 )
 
 logger = logging.getLogger(__name__)
@@ -355,6 +356,7 @@ def _invert_and_write(group: List[_Work], view, run: RegionRun, inverter, compan
     with view.save_context(batch_size=max(len(group), 1)) as saver:
         for work in group:
             _record_failures(work, run, companion, summary)
+            store_in_tooltip_order(work.sample, run.regions_field, run.embeddings_field)
             saver.save(work.sample)
     for work in group:
         summary.samples += 1

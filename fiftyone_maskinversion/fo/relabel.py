@@ -22,7 +22,7 @@ from .arguments import check_count, check_probability
 from .ownership import check_free, check_name, check_output_field, claim, mark_field
 from .regions import attribute, container_of, declare_attributes, geometry_copy, label_type, list_path, regions_of
 from .run_views import samples_with_current
-from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run
+from .runs import RegionRun, attribute_names, attribute_paths, is_current, require_run, store_in_tooltip_order
 from .targets import resolve_target
 from .vocabulary import vocabulary
 
@@ -73,7 +73,12 @@ class RelabelChanges:
 
 
 def default_pred_field(run: RegionRun) -> str:
-    return f"{run.label_field}_{run.embeddings_field}_relabel"
+    """``defaults.PRED_FIELD`` of the run, or the predictions field a run made under the earlier default
+    name ``<label field>_<embeddings field>_relabel`` (it keeps using it)."""
+    earlier = f"{run.label_field}_{run.embeddings_field}_relabel"
+    if earlier in run.pred_fields:
+        return earlier
+    return defaults.PRED_FIELD.format(label_field=run.label_field, embeddings_field=run.embeddings_field)
 
 
 def zero_shot_relabel(
@@ -141,6 +146,7 @@ def zero_shot_relabel(
             region[names["topk_labels"]] = prediction["topk_labels"]
             region[names["topk_scores"]] = prediction["topk_scores"]
             region[names["low_fidelity"]] = bool(attribute(region, names["dice"]) < defaults.MIN_FIDELITY)
+        store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
         summary.regions += len(predictions)
         summary.changed += sum(p.label != p["gt_label"] for p in predictions)
         sample[pred_field] = container_of(predictions, container)
@@ -215,6 +221,7 @@ def apply_relabel(
     view = _with_labels(samples.exists(pred_field), run.regions_field, wanted).select_fields([run.regions_field, pred_field])
     for sample in view.iter_samples(autosave=not dry_run, progress=False):
         predictions = {p["source_label_id"]: p for p in regions_of(sample[pred_field])}
+        applied = len(changes.changed)
         for region in regions_of(sample[run.regions_field]):
             prediction = predictions.get(region.id)
             if prediction is None or (wanted is not None and region.id not in wanted):
@@ -234,6 +241,8 @@ def apply_relabel(
                 if not dry_run:
                     _push_history(region, names, region.label, prediction.label)
                     region.label = prediction.label
+        if not dry_run and len(changes.changed) > applied:
+            store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
     if not dry_run:
         heatmap_store.update_labels(dataset, run.regions_field, {i: new for i, (_, new) in changes.changed.items()})
     return changes

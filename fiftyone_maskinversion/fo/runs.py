@@ -113,6 +113,36 @@ def attribute_names(embeddings_field: str) -> dict:
     }
 
 
+# The order a region's run attributes are stored in. The App's hover tooltip lists a label's attributes
+# (after label and confidence) in the order of its stored document, in a box 40% of the window high that
+# scrolls only once locked (Ctrl); and FiftyOne's server sends every bytes value inside a Detection to the
+# App as base64 (it might be the mask), so the embedding arrives as a ~2,700-character string that wraps
+# over dozens of lines. Stored in this order, the review's verdicts come first and the embedding last.
+TOOLTIP_ORDER = ("mistakenness", "mask_mistakenness", "mask_reason", "predicted_label", "dice", "iou",
+                 "low_fidelity", *(f"mask_{part}" for part in COMPONENTS), "relabel_from", "relabel_to",
+                 "topk_labels", "topk_scores", "error", "run", "mask_review", "embedding")
+
+
+def store_in_tooltip_order(sample, regions_field: str, embeddings_field: str) -> None:
+    """Put the run's attributes of every region of ``sample[regions_field]`` (Detections/Polylines) after
+    the label's own attributes, in :data:`TOOLTIP_ORDER`; regions already in that order are left as they
+    are. Call it before saving the sample: a region is replaced by an equal label (same id, same values).
+    A sample of a view that filters the field's list is left as it is (FiftyOne refuses to replace the
+    elements of a filtered list); its regions are ordered by the next write through an unfiltered view."""
+    container = sample[regions_field]
+    filtered = getattr(sample, "filtered_field_names", None) or ()
+    if container is None or any(f == regions_field or f.startswith(f"{regions_field}.") for f in filtered):
+        return
+    names = attribute_names(embeddings_field)
+    ours = [names[key] for key in TOOLTIP_ORDER]
+    regions = container[REGION_TYPES[type(container)]]
+    for i, region in enumerate(regions):
+        stored = region.to_dict()
+        wanted = [k for k in stored if k not in ours] + [k for k in ours if k in stored]
+        if list(stored) != wanted:
+            regions[i] = type(region).from_dict({k: stored[k] for k in wanted})
+
+
 def attribute_paths(samples, regions_field: str, embeddings_field: str, keys=None) -> dict:
     """key -> full path (``field.detections.name``) of the run's label attributes (a regions field not
     created yet holds Detections)."""

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -122,6 +123,35 @@ def test_operator_from_the_app_writes_fields_and_heatmaps_render(app_url, page, 
         without_heatmap = _grid(page, "app-heatmaps-hidden.png")
         # the heatmap overlay changes the rendered grid substantially
         assert np.abs(with_heatmap - without_heatmap).mean() > 3.0
+    finally:
+        delete_with_heatmaps(dataset)
+
+
+def test_heatmaps_stored_as_files_are_drawn_by_the_app(app_url, page, tmp_path):
+    """Issue 18: with heatmaps="files" the heatmaps dataset holds only map_path references to PNGs; the App
+    fetches those files and draws them over the images, and the panel draws a region's heatmap from its file."""
+    dataset = load_coco(2, persistent=True)
+    try:
+        mifo.compute_region_embeddings(dataset, "ground_truth", backbone=make_backbone(seed=2), iterations=1,
+                                       heatmaps="files", heatmaps_dir=str(tmp_path / "maps"))
+        heat = mifo.heatmaps_dataset(dataset)
+        files = heat.values("heatmap.map_path")
+        assert len(files) == len(heat) > 0 and all(os.path.isfile(f) for f in files)
+        assert heat.count("heatmap.map") == 0  # nothing drawn from the database: only the files
+        requested = []
+        page.on("request", lambda request: requested.append(urllib.parse.unquote(request.url)))
+        _open(page, f"{app_url}/datasets/{heat.name}")
+        time.sleep(3)
+        with_heatmap = _grid(page, "app-files-heatmaps.png")
+        fetched = {f for f in files if any(f in url for url in requested)}
+        assert fetched, "the App fetched none of the heatmap files"
+        page.locator("[data-cy='checkbox-heatmap']").click()  # hide the heatmap label
+        time.sleep(3)
+        without_heatmap = _grid(page, "app-files-heatmaps-hidden.png")
+        assert np.abs(with_heatmap - without_heatmap).mean() > 3.0  # the files' heatmaps are drawn
+
+        text = _open_region_in_panel(page, "app-files-panel.png")  # the panel: the region's heatmap from its file
+        assert "Dice" in text and "heatmap is missing" not in text, text
     finally:
         delete_with_heatmaps(dataset)
 
@@ -256,7 +286,7 @@ def test_the_mislabeled_view_shows_the_annotation_beside_the_prediction(app_url,
         time.sleep(3)
         page.screenshot(path=str(ARTIFACTS / "app-mislabeled.png"))
         # both label fields are drawn on each tile: the annotation and its prediction
-        for field in ("ground_truth", "ground_truth_mi_embedding_relabel"):
+        for field in ("ground_truth", "relabel_ground_truth_mi_embedding"):
             assert page.locator(f"[data-cy='checkbox-{field}'] input:checked, "
                                 f"[data-cy='checkbox-{field}'] .Mui-checked").count() > 0, field
         dataset.reload()
@@ -307,8 +337,9 @@ def _close_result(page):
         time.sleep(1)
 
 
-def _open_region_in_panel(page, shot):
-    """Open the grid's first tile in the modal and show the MaskInversion panel; returns the panel's text."""
+def _open_region_in_panel(page, shot, in_modal=None):
+    """Open the grid's first tile in the modal (``in_modal(page)`` runs then, before the panel takes half
+    of it) and show the MaskInversion panel; returns the panel's text."""
     _close_result(page)
     dismiss = page.get_by_text("Dismiss", exact=True)
     if dismiss.count() and dismiss.first.is_visible():
@@ -316,6 +347,8 @@ def _open_region_in_panel(page, shot):
     page.locator("[data-cy='looker']").first.click()
     _wait_for(page, "[data-cy='modal']", timeout=30_000)
     time.sleep(3)
+    if in_modal is not None:
+        in_modal(page)
     tab = page.locator("[data-cy='panel-tab-maskinversion_panel']")
     if tab.count():  # offered as a tab the first time
         tab.first.click()
@@ -348,6 +381,59 @@ def _close_modal(page):
     raise _page_failure(page, "app-modal-stays.png", "the sample modal did not close")
 
 
+def _pills(page, path, style=None):
+    """The texts (or a computed style) of the grid tiles' pills of one field or label attribute, in grid order."""
+    return page.evaluate("([path, style]) => Array.from(document.querySelectorAll(`[data-cy='looker'] "
+                         "[data-cy='tag-${path}']`)).map(d => style ? getComputedStyle(d)[style] : d.innerText)",
+                         [path, style])
+
+
+def _sidebar_name(page, path):
+    """The part of a sidebar field's name the App shows before it cuts the name (with an ellipsis)."""
+    return page.evaluate("""(path) => {
+        const span = document.querySelector(`[data-cy='sidebar-field-${path}']`);
+        let box = span;
+        while (box && getComputedStyle(box).textOverflow !== 'ellipsis') box = box.parentElement;
+        const right = (box || span).getBoundingClientRect().right;
+        const walker = document.createTreeWalker(span, NodeFilter.SHOW_TEXT);
+        const node = walker.nextNode(), range = document.createRange();
+        let shown = 0;
+        for (let i = 1; i <= node.length; i++) {
+            range.setStart(node, 0); range.setEnd(node, i);
+            if (range.getBoundingClientRect().right > right) break;
+            shown = i;
+        }
+        return node.data.slice(0, shown < node.length ? Math.max(0, shown - 3) : shown);  // the ellipsis covers ~3
+    }""", path)
+
+
+def _tooltip_items(page, shot):
+    """Hover the open modal's region until FiftyOne's label tooltip shows; its attributes in the order
+    shown: name -> {text, inside (drawn within the tooltip's visible box)}."""
+    box = page.locator("[data-cy='modal-looker-container']").first.bounding_box()
+    content = page.locator("[data-cy='sample-canvas-tooltip-content']")
+    points = [(box["x"] + fx * box["width"] / 12, box["y"] + fy * box["height"] / 12)
+              for fy in range(1, 12) for fx in range(1, 12)]
+    for x, y in points:  # the region is somewhere in the zoomed patch: scan until its tooltip shows
+        page.mouse.move(x, y)
+        if content.count() and content.first.is_visible():
+            break
+        time.sleep(0.1)
+    else:
+        raise _page_failure(page, shot, "hovering the region showed no tooltip")
+    time.sleep(1)
+    page.screenshot(path=str(ARTIFACTS / shot))
+    return page.evaluate("""() => {
+        const box = document.querySelector("[data-cy='sample-canvas-tooltip-content']").getBoundingClientRect();
+        const items = {};
+        for (const e of document.querySelectorAll("[data-cy='sample-canvas-tooltip-content'] [data-cy^='attribute-']")) {
+            const r = e.getBoundingClientRect();
+            items[e.dataset.cy.slice(10)] = {text: e.innerText, inside: r.top >= box.top && r.bottom <= box.bottom};
+        }
+        return items;
+    }""")
+
+
 def _poll(check, what, timeout=30):
     deadline = time.monotonic() + timeout
     while not check():
@@ -358,17 +444,26 @@ def _poll(check, what, timeout=30):
 def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
     """Issue 16's loop: find_mislabeled -> a flagged region in the modal -> the panel shows its heatmap,
     prediction and scores -> accept -> undo -> find_bad_masks from that same view -> the panel shows the
-    mask score -> tag it -> search in words (the view bar reads them) -> the missing-region suggestions."""
+    mask score -> tag it -> search in words (the view bar reads them) -> the missing-region suggestions ->
+    mislabeled again -> a selected patch's heatmaps. Each review view's tiles carry its score (and a bad
+    mask's reason), the hover tooltip shows the mask score; every view the package opens in the grid
+    (mislabeled, bad masks, search results, missing regions, a selection of patches) runs a follow-up here,
+    the heatmaps dataset in test_a_selected_samples_heatmaps_one_action_away_and_back."""
     dataset, _ = reviewed_coco(tmp_path, samples=2)
     dataset.persistent = True
     try:
         mislabeled = mifo.find_mislabeled(dataset, "ground_truth")
         first = mislabeled.first()
         region_id, annotated = first.ground_truth.id, first.ground_truth.label
-        predicted = mifo.prediction_of(first, "ground_truth_mi_embedding_relabel").label
+        predicted = mifo.prediction_of(first, "relabel_ground_truth_mi_embedding").label
         label = lambda: dataset.select_labels(ids=[region_id]).first().ground_truth.detections[0]  # noqa: E731
 
         _open(page, f"{app_url}/datasets/{dataset.name}")
+        # observation 10: the package's two fields do not look alike in the sidebar, which cuts long names
+        run = mifo.list_region_runs(dataset)[0]
+        shown = [_sidebar_name(page, field) for field in run.pred_fields]
+        visible = min(len(name) for name in shown)  # both cut: they must differ within what both show
+        assert len(shown) == 2 and visible > 0 and shown[0][:visible] != shown[1][:visible], shown
         _run_operator(page, "MaskInversion: show likely mislabeled regions",
                       lambda ms: page.wait_for_selector(f"text={len(mislabeled)} patches", timeout=ms))
         assert page.get_by_text("sorted by class mistakenness", exact=False).count()  # the summary says the sort
@@ -376,11 +471,15 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         time.sleep(2)
         page.screenshot(path=str(ARTIFACTS / "app-loop-mislabeled.png"))
         # each tile's two label pills: the annotation in one colour, the prediction in another, on every tile
-        pills = page.evaluate("() => Array.from(document.querySelectorAll(\"[data-cy='looker'] div\"))"
-                              ".filter(d => !d.children.length && d.innerText)"
-                              ".map(d => getComputedStyle(d).backgroundColor)")
-        assert len(pills) == 2 * len(mislabeled), pills
-        assert len(set(pills[0::2])) == 1 and len(set(pills[1::2])) == 1 and pills[0] != pills[1], pills
+        colours = {field: _pills(page, field, "backgroundColor")
+                   for field in ("ground_truth", "relabel_ground_truth_mi_embedding")}
+        assert [len(c) for c in colours.values()] == [len(mislabeled)] * 2, colours
+        annotation, prediction = (set(c) for c in colours.values())
+        assert len(annotation) == len(prediction) == 1 and annotation != prediction, colours
+        # and the score the view is sorted by, written on every tile, in the view's order
+        scores = [float(v) for v in _pills(page, "ground_truth.mi_embedding_mistakenness")]
+        stored = mislabeled.values("ground_truth.mi_embedding_mistakenness")
+        assert len(scores) == len(stored) and np.allclose(scores, stored, atol=5e-4), (scores, stored)
 
         text = _open_region_in_panel(page, "app-loop-panel.png")
         assert f"{annotated} (ground_truth, annotation)" in text and f"Prediction: {predicted}" in text
@@ -403,9 +502,25 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         _run_operator(page, "MaskInversion: find bad masks and missing regions",
                       lambda ms: page.wait_for_selector(f"text={scored} patches", timeout=ms))
         page.screenshot(path=str(ARTIFACTS / "app-loop-badmasks.png"))
-        worst = mifo.find_bad_masks(dataset, "ground_truth").first().ground_truth
-        text = _open_region_in_panel(page, "app-loop-panel-badmask.png")
+        badmasks = mifo.find_bad_masks(dataset, "ground_truth")
+        worst = badmasks.first().ground_truth
+        # each tile says its mask score and the reason (the grid draws the tiles in view; the first rows suffice)
+        shown = _pills(page, "ground_truth.mi_embedding_mask_reason")
+        assert shown and shown == badmasks.values("ground_truth.mi_embedding_mask_reason")[:len(shown)], shown
+        scores = [float(v) for v in _pills(page, "ground_truth.mi_embedding_mask_mistakenness")]
+        stored = badmasks.values("ground_truth.mi_embedding_mask_mistakenness")[:len(scores)]
+        assert scores and np.allclose(scores, stored, atol=5e-4), (scores, stored)
+        tooltip = {}
+        text = _open_region_in_panel(page, "app-loop-panel-badmask.png",
+                                     lambda page: tooltip.update(_tooltip_items(page, "app-loop-tooltip.png")))
         assert f"Mask mistakenness {worst.mi_embedding_mask_mistakenness:.2f}" in text
+        # the hover tooltip shows the mask score and reason within its box, and the embedding last
+        items = tooltip
+        assert items.get("mi_embedding_mask_mistakenness", {}).get("text") == f"{worst.mi_embedding_mask_mistakenness:.3f}", items
+        assert items["mi_embedding_mask_mistakenness"]["inside"], items
+        assert items["mi_embedding_mask_reason"]["inside"] and items["mi_embedding_mask_reason"]["text"] == worst.mi_embedding_mask_reason
+        ours = [name for name in items if name.startswith("mi_embedding")]
+        assert ours[-1] == "mi_embedding" and ours.index("mi_embedding_mask_mistakenness") < 3, list(items)
         page.get_by_role("button", name="mi:bad-mask").click()
         _poll(lambda: dataset.count_label_tags() == {"mi:bad-mask": 1}, "the tag was not written")
         assert dataset.select_labels(tags="mi:bad-mask").values("ground_truth.detections.id", unwind=True) == [worst.id]
@@ -429,9 +544,27 @@ def test_the_curators_loop_in_the_app(app_url, page, tmp_path):
         assert values[values.index("SortBySimilarity") + 1] == "a photo of a red circle", values
         page.screenshot(path=str(ARTIFACTS / "app-loop-search.png"))
 
-        suggested = dataset.count("ground_truth_mi_embedding_missing.detections")
+        suggested = dataset.count("missing_ground_truth_mi_embedding.detections")
         _run_operator(page, "MaskInversion: show suggested missing regions",
                       lambda ms: page.wait_for_selector(f"text={suggested} patches", timeout=ms))
         page.screenshot(path=str(ARTIFACTS / "app-loop-missing.png"))
+        confidences = [float(v) for v in _pills(page, "missing_ground_truth_mi_embedding.confidence")]
+        stored = mifo.find_missing_regions(dataset, "ground_truth").values("missing_ground_truth_mi_embedding.confidence")
+        assert confidences and np.allclose(confidences, stored[:len(confidences)], atol=5e-4), confidences
+
+        # follow-ups from the last two views the package opens: the missing-region view -> mislabeled again,
+        # and a selection of patches -> the heatmaps of exactly the selected region
+        _close_result(page)
+        mislabeled = mifo.find_mislabeled(dataset, "ground_truth")
+        _run_operator(page, "MaskInversion: show likely mislabeled regions",
+                      lambda ms: page.wait_for_selector(f"text={len(mislabeled)} patches", timeout=ms))
+        _close_result(page)
+        _select_first_sample(page)
+        _run_operator(page, "MaskInversion: show heatmaps of the selection",
+                      lambda ms: page.wait_for_selector("img[src^='data:image/png']", timeout=ms))
+        page.screenshot(path=str(ARTIFACTS / "app-loop-selection-heatmaps.png"))
+        companion = mifo.heatmaps_dataset(dataset)
+        companion.reload()
+        assert companion.load_saved_view("selection").values("source_label_id") == [mislabeled.first().ground_truth.id]
     finally:
         delete_with_heatmaps(dataset)

@@ -18,8 +18,8 @@ from ..helpers import REPO, delete_with_heatmaps, reviewed_coco
 
 pytestmark = pytest.mark.slow
 URI = "@fiftyone-maskinversion/maskinversion"
-PRED = "ground_truth_mi_embedding_relabel"
-MISSING = "ground_truth_mi_embedding_missing"
+PRED = "relabel_ground_truth_mi_embedding"
+MISSING = "missing_ground_truth_mi_embedding"
 
 
 def load_plugin():

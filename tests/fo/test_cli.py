@@ -71,13 +71,13 @@ def test_a_run_by_name_then_its_follow_up_commands(dataset, tmp_path):
     parts = [float(v) for v in listing.splitlines()[0].split()[-3 - len(COMPONENTS):-3]]  # before "sample / label"
     assert parts == pytest.approx([dataset.values(f"ground_truth.detections.mi_embedding_mask_{part}", unwind=True)[first]
                                    for part in COMPONENTS], abs=1e-3)
-    assert "suggested missing regions (field 'ground_truth_mi_embedding_missing')" in bad.stdout
+    assert "suggested missing regions (field 'missing_ground_truth_mi_embedding')" in bad.stdout
     index = cli("index", name, "--label-field", "ground_truth", "--backend", "lancedb", "--option",
                 f"uri={tmp_path / 'lance'}")
     assert index.returncode == 0 and f"(lancedb) over {regions} regions" in index.stdout, index.stderr
     assert_one_line_error(cli("index", name, "--label-field", "ground_truth", "--option", "uri"), "KEY=VALUE")
     runs = cli("runs", name)
-    assert runs.returncode == 0 and "mi-test-tiny" in runs.stdout and "ground_truth_mi_embedding_relabel" in runs.stdout
+    assert runs.returncode == 0 and "mi-test-tiny" in runs.stdout and "relabel_ground_truth_mi_embedding" in runs.stdout
 
 
 @pytest.mark.parametrize("shard", ["3", "1", "2/2", "a/b"])

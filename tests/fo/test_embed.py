@@ -17,7 +17,7 @@ from fiftyone_maskinversion.fo.runs import find_run
 
 from ..helpers import COCO_DIR, Interrupted, delete_with_heatmaps, interrupt_after, load_coco
 
-PRED = "ground_truth_mi_embedding_relabel"  # the default predictions field of the default run
+PRED = "relabel_ground_truth_mi_embedding"  # the default predictions field of the default run
 
 pytestmark = pytest.mark.slow
 

@@ -76,7 +76,7 @@ def test_a_users_field_named_like_the_derived_regions_is_refused_and_survives_de
 def relabelled(coco_dataset, tiny):
     mifo.compute_region_embeddings(coco_dataset, "ground_truth", backbone=tiny, iterations=2)
     mifo.zero_shot_relabel(coco_dataset, "ground_truth", prompt=SINGLE, backbone=tiny)
-    preds = coco_dataset.values("ground_truth_mi_embedding_relabel.detections", unwind=True)
+    preds = coco_dataset.values("relabel_ground_truth_mi_embedding.detections", unwind=True)
     changing = [p for p in preds if p.label != p.gt_label]
     assert len(changing) >= 2  # the tiny random model disagrees with most COCO labels
     return coco_dataset, changing
@@ -117,7 +117,7 @@ def test_per_region_apply_and_undo_keep_every_step_and_the_curators_edit(relabel
     assert dataset.count("ground_truth.detections.mi_embedding_relabel_to") == 1
     set_label(dataset, target.source_label_id, "intermediate edit")
     mifo.zero_shot_relabel(dataset, "ground_truth", prompt=SINGLE, backbone=tiny, overwrite=True)
-    pred = [p for p in dataset.values("ground_truth_mi_embedding_relabel.detections", unwind=True)
+    pred = [p for p in dataset.values("relabel_ground_truth_mi_embedding.detections", unwind=True)
             if p.source_label_id == target.source_label_id][0]
     assert pred.gt_label == "intermediate edit"
     second = mifo.apply_relabel(dataset, "ground_truth", threshold=0.0, include_low_fidelity=True,
@@ -146,7 +146,7 @@ def test_find_bad_masks_only_reads_what_score_masks_stored(coco_dataset, tiny, m
 
     monkeypatch.setattr(badmask, "review_masks", lambda *a, **k: pytest.fail("find_bad_masks computed"))
     view = mifo.find_bad_masks(coco_dataset, "ground_truth")
-    assert len(view) == in_vocabulary and not coco_dataset.has_sample_field("ground_truth_mi_embedding_missing")
+    assert len(view) == in_vocabulary and not coco_dataset.has_sample_field("missing_ground_truth_mi_embedding")
     again = mifo.score_masks(coco_dataset, "ground_truth", classes=classes, prompt=SINGLE, suggest_missing=False,
                              backbone=tiny)  # the same settings: nothing left to do, nothing recomputed
     assert (again.scored, again.skipped_scored) == (0, embedded)
@@ -188,10 +188,10 @@ def test_a_relabel_and_an_index_built_at_once_are_both_owned_and_deleted(coco_da
         finish(proc)
     coco_dataset.reload()  # the other processes' fields and brain runs
     run = find_run(coco_dataset, "ground_truth", "mi_embedding")
-    assert run.pred_fields == ["ground_truth_mi_embedding_relabel"] and run.brain_key in coco_dataset.list_brain_runs()
+    assert run.pred_fields == ["relabel_ground_truth_mi_embedding"] and run.brain_key in coco_dataset.list_brain_runs()
     deleted = mifo.delete_region_results(coco_dataset, "ground_truth")
     assert deleted["brain_runs"] == [run.brain_key] and coco_dataset.list_brain_runs() == []
-    assert deleted["pred_fields"] == ["ground_truth_mi_embedding_relabel"]
+    assert deleted["pred_fields"] == ["relabel_ground_truth_mi_embedding"]
 
 
 def test_heatmaps_survive_fiftyones_clean_up_and_lost_ones_are_recomputed(tiny):

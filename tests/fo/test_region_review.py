@@ -71,6 +71,63 @@ def test_mask_components_and_reason_are_every_attribute_the_review_declares(embe
     assert review.mask_components == {"shift": 0.7, "area": 0.25} and review.mask_reason == "shifted"
 
 
+def _stored_regions(dataset):
+    """The regions' documents as the database holds them (key order included), by id."""
+    raw = dataset._sample_collection.find({}, {"ground_truth.detections": 1})
+    return {str(d["_id"]): d for s in raw for d in s["ground_truth"]["detections"]}
+
+
+def test_the_review_verdicts_are_stored_first_and_the_embedding_last(embedded, tiny):
+    """Observation 3: the App's hover tooltip lists a label's attributes in stored order in a box 40% of the
+    window high, and receives the embedding as a long base64 string; stored with the verdicts first and the
+    embedding last, the mask mistakenness is among the first lines and the embedding the last."""
+    old = first_embedded(embedded)
+    mifo.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, top_k=3)
+    mifo.score_masks(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, suggest_missing=False)
+    names = run_store.attribute_names("mi_embedding")
+    assert set(run_store.TOOLTIP_ORDER) == set(names)  # every attribute a run writes has its place
+    scored = 0
+    for region_id, doc in _stored_regions(embedded).items():
+        keys = list(doc)
+        if names["embedding"] not in doc:
+            continue
+        ours = [k for k in keys if k in names.values()]
+        assert keys[-len(ours):] == ours, keys  # the label's own attributes (label, iscrowd, ...) first
+        assert ours[-1] == names["embedding"], keys
+        if names["mask_mistakenness"] in doc:
+            scored += 1
+            assert ours.index(names["mask_mistakenness"]) < ours.index(names["topk_labels"]), keys
+            assert ours.index(names["mistakenness"]) == 0, keys
+    assert scored > 0
+    region = first_embedded(embedded)  # the reordered label is the same label: id, values, embedding
+    assert region.id == old.id and region.label == old.label and region.bounding_box == old.bounding_box
+    np.testing.assert_array_equal(region.mask, old.mask)
+    np.testing.assert_array_equal(region.mi_embedding, old.mi_embedding)
+
+    applied = mifo.apply_relabel(embedded, "ground_truth", threshold=0.0, include_low_fidelity=True)
+    assert applied.changed
+    changed = _stored_regions(embedded)[next(iter(applied.changed))]
+    assert list(changed)[-1] == names["embedding"], list(changed)  # the relabel history goes before it too
+
+
+def test_review_fields_are_named_role_first_and_a_run_keeps_its_earlier_names(embedded, tiny):
+    """Observation 10: "<field>_<embeddings>_relabel" and "..._missing" looked alike in the App's sidebar,
+    which cuts names at about 27 characters; the defaults now start with the role. A run that wrote the
+    earlier names keeps finding them without being told."""
+    from fiftyone_maskinversion import defaults
+
+    names = [template.format(label_field="ground_truth", embeddings_field="mi_embedding")
+             for template in (defaults.PRED_FIELD, defaults.MISSING_FIELD)]
+    assert names[0][:8] != names[1][:8]  # told apart by their first word
+    earlier = ("ground_truth_mi_embedding_relabel", "ground_truth_mi_embedding_missing")
+    mifo.zero_shot_relabel(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, pred_field=earlier[0])
+    mifo.score_masks(embedded, "ground_truth", prompt="a photo of a {}.", backbone=tiny, missing_field=earlier[1],
+                     min_missing_score=0.0, confirmation=0.0)
+    assert len(mifo.find_mislabeled(embedded, "ground_truth")) > 0  # the run's own field, found by default
+    assert mifo.find_missing_regions(embedded, "ground_truth").patches_field == earlier[1]
+    assert not any(embedded.has_sample_field(n) for n in names)
+
+
 def test_what_is_missing_says_what_to_run(embedded):
     region = first_embedded(embedded)
     assert review_region(embedded, region.id).missing == [

@@ -20,7 +20,7 @@ from fiftyone_maskinversion.fo.runs import find_run
 pytestmark = pytest.mark.slow
 SINGLE = "a photo of a {}."
 SCORE = "mi_embedding_mask_mistakenness"
-MISSING = "ground_truth_mi_embedding_missing"
+MISSING = "missing_ground_truth_mi_embedding"
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def test_a_segmentation_field_is_used_by_its_own_name_everywhere(semantic, tiny,
         assert str(unnamed) in {d.label for d in sample.semantic_regions.detections}
 
     relabel = mifo.zero_shot_relabel(dataset, "semantic", prompt=SINGLE, backbone=tiny)
-    assert relabel.pred_field == "semantic_mi_embedding_relabel"
+    assert relabel.pred_field == "relabel_semantic_mi_embedding"
     assert relabel.regions == dataset.count("semantic_regions.detections.mi_embedding")
     assert len(mifo.find_mislabeled(dataset, "semantic", include_low_fidelity=True)) == relabel.regions
     assert len(mifo.search_regions(dataset, "semantic", text="a dog", k=3, backbone=tiny)) == 3
@@ -73,7 +73,7 @@ def test_a_segmentation_field_is_used_by_its_own_name_everywhere(semantic, tiny,
     assert mifo.undo_relabel(dataset, "semantic").count == changed
     deleted = mifo.delete_region_results(dataset, "semantic")
     assert deleted["regions_field"] == "semantic_regions" and not dataset.has_sample_field("semantic_regions")
-    assert deleted["pred_fields"] == ["semantic_mi_embedding_relabel"] and dataset.list_runs() == []
+    assert deleted["pred_fields"] == ["relabel_semantic_mi_embedding"] and dataset.list_runs() == []
     assert dataset.has_sample_field("semantic")  # the user's own field stays
 
 
@@ -94,7 +94,7 @@ def test_two_embeddings_families_on_one_field_keep_their_own_outputs(coco_datase
     deleted = mifo.delete_region_results(coco_dataset, "ground_truth", "mi_b")
     assert deleted["heatmaps"] == len(expected) and deleted["pred_fields"] == []
     assert sorted(heatmap_ids(coco_dataset)) == sorted(expected)  # the other family's heatmaps stay
-    assert coco_dataset.has_sample_field("ground_truth_mi_embedding_relabel")
+    assert coco_dataset.has_sample_field("relabel_ground_truth_mi_embedding")
     assert coco_dataset.count("ground_truth.detections.mi_embedding") == len(expected)
     assert not coco_dataset.has_field("ground_truth.detections.mi_b")
     assert [r.embeddings_field for r in mifo.list_region_runs(coco_dataset)] == ["mi_embedding"]

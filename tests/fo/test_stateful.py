@@ -32,7 +32,7 @@ SINGLE = "a photo of a {}."
 FIELDS = ("ground_truth", "polys", "seg")
 FAMILIES = ("mi_embedding", "mi_b")
 USER_COLLISIONS = {  # the user's own data under names the package would choose by default
-    "field": ["seg_regions", "ground_truth_mi_embedding_relabel"],
+    "field": ["seg_regions", "relabel_ground_truth_mi_embedding"],
     "attribute": ["ground_truth.detections.mi_b_dice"],
 }
 BACKBONES = {}
@@ -66,7 +66,7 @@ def make_dataset() -> fo.Dataset:
         samples.append(fo.Sample(filepath=str(path), ground_truth=fo.Detections(detections=dets), polys=polys,
                                  seg=fo.Segmentation(mask=semantic),
                                  seg_regions=fo.Detections(detections=[d.copy() for d in dets]),
-                                 ground_truth_mi_embedding_relabel="the user's own notes"))
+                                 relabel_ground_truth_mi_embedding="the user's own notes"))
     dataset.add_samples(samples, progress=False)
     dataset.mask_targets = {"seg": {1: "cat", 2: "dog"}}
     dataset.save()

@@ -14,8 +14,8 @@ from ..helpers import delete_with_heatmaps, reviewed_coco
 pytestmark = pytest.mark.slow
 PLUGIN = "@fiftyone-maskinversion/maskinversion"
 SINGLE = "a photo of a {}."
-PRED = "ground_truth_mi_embedding_relabel"
-MISSING = "ground_truth_mi_embedding_missing"
+PRED = "relabel_ground_truth_mi_embedding"
+MISSING = "missing_ground_truth_mi_embedding"
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     assert record.settings["blocks"] == [0, 1] and record.settings["iterations"] == 2  # the form's values arrived
 
     result = run("zero_shot_relabel", label_field="ground_truth", prompt="a photo of a {}.")
-    pred_field = "ground_truth_mi_embedding_relabel"
+    pred_field = "relabel_ground_truth_mi_embedding"
     assert result == {"pred_field": pred_field, "regions": regions,
                       "changed": sum(p.label != p.gt_label for p in coco_dataset.values(f"{pred_field}.detections",
                                                                                     unwind=True))}
