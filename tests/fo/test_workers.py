@@ -13,6 +13,7 @@ import pytest
 from fiftyone import ViewField as F
 
 import fiftyone_maskinversion.fo as mifo
+from fiftyone_maskinversion.core.badmask import COMPONENTS
 
 from ..helpers import delete_with_heatmaps, load_coco, save_checkpoint
 
@@ -195,8 +196,9 @@ def test_plugin_is_installed_and_its_operators_run(coco_dataset, checkpoint):
     result = run("delete_region_results", label_field="ground_truth")
     # 5 attributes of the inversion (embedding, dice, iou, error, run) + 5 of the relabel review on the field
     # (predicted label, top-k labels and scores, mistakenness, low fidelity) + the relabel history (from, to)
-    # + the mask review (score, review stamp, reason, its five parts)
-    assert result == {"deleted_attributes": 20, "deleted_heatmaps": regions, "deleted_pred_fields": 2}
+    # + the mask review (score, review stamp, reason, one per part of the score)
+    assert result == {"deleted_attributes": 5 + 5 + 2 + 3 + len(COMPONENTS), "deleted_heatmaps": regions,
+                      "deleted_pred_fields": 2}
     assert not coco_dataset.has_field("ground_truth.detections.mi_embedding")
     assert mifo.heatmaps_dataset(coco_dataset) is None and not coco_dataset.has_sample_field(pred_field)
 
