@@ -26,6 +26,7 @@ HEATMAPS_DIR = "maskinversion-heatmaps"  # with "files" and no folder named: thi
 # that wrote the earlier names keep them: see relabel.default_pred_field, badmask.default_missing_field)
 PRED_FIELD = "relabel_{label_field}_{embeddings_field}"
 MISSING_FIELD = "missing_{label_field}_{embeddings_field}"
+EARLIER_PRED_FIELD = "{label_field}_{embeddings_field}_relabel"  # the name before PRED_FIELD (its runs keep it)
 PROMPT = "ensemble"  # CLIP's 80 ImageNet templates; or one template with {}
 SINGLE_PROMPT = "a photo of a {}."
 TOP_K = 5

@@ -64,7 +64,7 @@ SHIFTS = (-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75)  # moves tried, in fractions
 RESIZE = 0.2  # how far a mask is grown / shrunk for too_small / too_large, in fractions of its larger side
 EDGE_PROFILE = (0.2, 0.18, 0.16, 0.1, 0.01, -0.1, -0.24)  # weights of the ring means 0..6 (seed 2024 fit)
 EDGE_CLEAN = 0.251  # the median profile sum of correct masks of seed 2024: boundary's zero
-EDGE_RING = 8  # rings per patch: a ring is patch_size / EDGE_RING pixels of the searched map wide (at least 1)
+EDGE_RING = 8  # rings per patch: boundary reads maps and masks at EDGE_RING pixels per patch, rings one pixel wide
 SEARCH_SIZE = 112  # maps and masks are average-pooled to at most about this many pixels a side for the search
 HOT = 0.5  # a class map's value above which a pixel belongs to a candidate missing region
 UNCOVERED = 0.5  # the least share of a candidate that no annotated region may cover
@@ -153,10 +153,11 @@ def localisation(maps: torch.Tensor, masks: torch.Tensor, grid_size: Optional[in
     """``shifted``, ``too_small``, ``too_large`` and ``boundary`` of N masks (N x S x S) against their
     own class maps (N x S x S); see the module doc. ``grid_size``: patches per side of the model (sets
     the ring width of ``boundary``; None: rings one pixel wide)."""
+    edge_maps, edge_masks = (_resized(maps, EDGE_RING * grid_size), _resized(masks, EDGE_RING * grid_size)) \
+        if grid_size else (maps, masks)  # boundary: rings one pixel, an eighth of a patch, wide
     factor = max(1, maps.shape[-1] // SEARCH_SIZE)
     if factor > 1:
         maps, masks = F.avg_pool2d(maps[:, None], factor)[:, 0], F.avg_pool2d(masks[:, None], factor)[:, 0]
-    ring = max(1, round(maps.shape[-1] / (EDGE_RING * grid_size))) if grid_size else 1
     out = {name: np.full(len(masks), np.nan) for name in ("shifted", "too_small", "too_large", "boundary")}
     for row, (class_map, mask) in enumerate(zip(maps, masks)):
         ys, xs = torch.nonzero(mask >= min(0.5, float(mask.max())), as_tuple=True)  # a tiny mask: its fullest cells
@@ -172,8 +173,13 @@ def localisation(maps: torch.Tensor, masks: torch.Tensor, grid_size: Optional[in
         sized = torch.stack([mask, _grown(mask, radius), 1.0 - _grown(1.0 - mask, radius)])
         dice = pairwise_dice(local[None], sized)[:, 0]
         out["too_small"][row], out["too_large"][row] = float(dice[1] - dice[0]), float(dice[2] - dice[0])
-        out["boundary"][row] = boundary(class_map, mask, ring)
+        out["boundary"][row] = boundary(edge_maps[row], edge_masks[row])
     return out
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """N x S x S maps or masks at ``size`` pixels a side: area averages (exact for whole pooling factors)."""
+    return images if images.shape[-1] == size else F.interpolate(images[:, None], size=(size, size), mode="area")[:, 0]
 
 
 def ring_means(class_map: torch.Tensor, mask: torch.Tensor, ring: int, count: int) -> List[float]:

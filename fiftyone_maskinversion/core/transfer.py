@@ -10,10 +10,10 @@ import torch
 
 
 def to_device(tensor: torch.Tensor, device: Union[str, torch.device, None]) -> torch.Tensor:
-    """``tensor`` (on the CPU) on ``device``; to a GPU from page-locked memory, without waiting. The copy
-    is ordered on the current stream, so later work on that stream sees it complete."""
+    """``tensor`` on ``device``; from the CPU to a GPU through page-locked memory, without waiting (the copy
+    is ordered on the current stream, so later work on that stream sees it complete)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type != "cuda":
+    if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
 

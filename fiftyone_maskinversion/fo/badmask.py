@@ -22,7 +22,7 @@ from .run_views import current_regions, samples_with_current
 from .runs import (RegionRun, attribute_names, attribute_paths, is_current, require_run, settings_digest,
                    store_in_tooltip_order, update_run)
 from .targets import resolve_target
-from .vocabulary import vocabulary
+from .vocabulary import class_names, vocabulary
 
 MASK_REVIEW_ATTRIBUTES = {"mask_mistakenness": fo.FloatField, "mask_review": fo.StringField,
                           "mask_reason": fo.StringField,
@@ -85,16 +85,18 @@ def score_masks(
     paths = attribute_paths(dataset, run.regions_field, run.embeddings_field, MASK_REVIEW_ATTRIBUTES)
     for path in paths.values():
         check_free(dataset, run, "attribute", path)
-    review = {"classes": sorted(classes) if classes else None, "prompt": prompt, "missing_field": missing_field,
+    review = {"classes": sorted(class_names(samples, run, classes)), "prompt": prompt, "missing_field": missing_field,
               "min_missing_score": float(min_missing_score), "confirmation": float(confirmation)}
     stamp = settings_digest({**review, "run": run.stamp})
     names = attribute_names(run.embeddings_field)
-    if run.mask_review and run.mask_review["settings"] != review and not overwrite:
+    earlier = dict(run.mask_review["settings"]) if run.mask_review else None
+    if earlier and earlier["classes"] is None:  # a review recorded before vocabularies were stored resolved
+        earlier["classes"] = sorted(class_names(samples, run, None))
+    if earlier and earlier != review and not overwrite:
         other = current_regions(dataset, run).filter_labels(  # the whole dataset, never the view
             run.regions_field, F(names["mask_review"]).exists() & (F(names["mask_review"]) != stamp))
         if len(other):
-            changed = {k: (run.mask_review["settings"].get(k), v) for k, v in review.items()
-                       if run.mask_review["settings"].get(k) != v}
+            changed = {k: (earlier.get(k), v) for k, v in review.items() if earlier.get(k) != v}
             raise ValueError(f"the masks of {run.describe()} were reviewed with other settings {changed} (old, new): "
                              "these cannot take effect on regions already scored; pass overwrite=True to rescore")
     backbone, _, text, index = vocabulary(samples, run, classes, prompt, backbone)
@@ -118,11 +120,14 @@ def score_masks(
     fields = [run.regions_field] + ([missing_field] if missing_field else [])
     view = samples_with_current(samples, run, fields)
     total = len(view)
+    touched = []
     for number, sample in enumerate(view.iter_samples(autosave=True, progress=False)):
         _review_sample(sample, run, inverter, text, index, missing_field, (min_missing_score, confirmation), stamp,
                        overwrite, summary)
+        touched.append(sample.id)
         if progress:
             progress(number + 1, total)
+    store_in_tooltip_order(dataset, run, touched)
     return summary
 
 
@@ -168,7 +173,6 @@ def _review_sample(sample, run: RegionRun, inverter: MaskInverter, text, index, 
                 region[names[f"mask_{part}"]] = None if np.isnan(value) else float(value)
             summary.scored += not np.isnan(score)
             summary.unscorable += bool(np.isnan(score))
-    store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
     if missing_field:
         classes = list(index)
         sample[missing_field] = fo.Detections(detections=[

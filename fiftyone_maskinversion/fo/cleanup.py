@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from .. import defaults
@@ -55,6 +56,10 @@ def delete_region_results(samples, label_field: str, embeddings_field: str = def
             deleted["pred_fields"].append(field)
     for folder in run.owned.get("folder", []):  # the run's own heatmap files' folder (see heatmaps.run_folder)
         shutil.rmtree(folder, ignore_errors=True)
+        try:  # and the dataset's folder above it, once no run of the dataset has files left there
+            os.rmdir(os.path.dirname(folder))
+        except OSError:
+            pass
     release_all(dataset, run)
     delete_run_record(dataset, run)
     return deleted

@@ -356,8 +356,8 @@ def _invert_and_write(group: List[_Work], view, run: RegionRun, inverter, compan
     with view.save_context(batch_size=max(len(group), 1)) as saver:
         for work in group:
             _record_failures(work, run, companion, summary)
-            store_in_tooltip_order(work.sample, run.regions_field, run.embeddings_field)
             saver.save(work.sample)
+    store_in_tooltip_order(view._root_dataset, run, [work.sample.id for work in group])
     for work in group:
         summary.samples += 1
         if progress:

@@ -74,8 +74,8 @@ class RelabelChanges:
 
 def default_pred_field(run: RegionRun) -> str:
     """``defaults.PRED_FIELD`` of the run, or the predictions field a run made under the earlier default
-    name ``<label field>_<embeddings field>_relabel`` (it keeps using it)."""
-    earlier = f"{run.label_field}_{run.embeddings_field}_relabel"
+    name ``defaults.EARLIER_PRED_FIELD`` (it keeps using it)."""
+    earlier = defaults.EARLIER_PRED_FIELD.format(label_field=run.label_field, embeddings_field=run.embeddings_field)
     if earlier in run.pred_fields:
         return earlier
     return defaults.PRED_FIELD.format(label_field=run.label_field, embeddings_field=run.embeddings_field)
@@ -134,7 +134,9 @@ def zero_shot_relabel(
     names = attribute_names(run.embeddings_field)
     declare_attributes(dataset, list_path(dataset, run.regions_field),
                        {names[key]: kind for key, kind in RELABEL_ATTRIBUTES.items()})
+    touched = []
     for sample in samples_with_current(samples, run, run.regions_field).iter_samples(autosave=True, progress=False):
+        touched.append(sample.id)
         container = sample[run.regions_field]
         embedded = [r for r in regions_of(container) if is_current(r, run)]
         probs = class_probabilities(backbone, np.stack([r[run.embeddings_field] for r in embedded]), text)
@@ -146,10 +148,10 @@ def zero_shot_relabel(
             region[names["topk_labels"]] = prediction["topk_labels"]
             region[names["topk_scores"]] = prediction["topk_scores"]
             region[names["low_fidelity"]] = bool(attribute(region, names["dice"]) < defaults.MIN_FIDELITY)
-        store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
         summary.regions += len(predictions)
         summary.changed += sum(p.label != p["gt_label"] for p in predictions)
         sample[pred_field] = container_of(predictions, container)
+    store_in_tooltip_order(dataset, run, touched)
     if dataset.has_sample_field(pred_field):
         declare_attributes(dataset, list_path(dataset, pred_field), PREDICTION_ATTRIBUTES)
     return summary
@@ -219,6 +221,7 @@ def apply_relabel(
         declare_attributes(dataset, list_path(dataset, run.regions_field),
                            {names[key]: kind for key, kind in HISTORY_ATTRIBUTES.items()})
     view = _with_labels(samples.exists(pred_field), run.regions_field, wanted).select_fields([run.regions_field, pred_field])
+    touched = []
     for sample in view.iter_samples(autosave=not dry_run, progress=False):
         predictions = {p["source_label_id"]: p for p in regions_of(sample[pred_field])}
         applied = len(changes.changed)
@@ -241,9 +244,10 @@ def apply_relabel(
                 if not dry_run:
                     _push_history(region, names, region.label, prediction.label)
                     region.label = prediction.label
-        if not dry_run and len(changes.changed) > applied:
-            store_in_tooltip_order(sample, run.regions_field, run.embeddings_field)
+        if len(changes.changed) > applied:
+            touched.append(sample.id)
     if not dry_run:
+        store_in_tooltip_order(dataset, run, touched)
         heatmap_store.update_labels(dataset, run.regions_field, {i: new for i, (_, new) in changes.changed.items()})
     return changes
 

@@ -22,10 +22,11 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import fiftyone.core.odm as foo
 import numpy as np
+from bson import ObjectId
 
 from ..core.backbone import Backbone, load_backbone
 from ..core.badmask import COMPONENTS
@@ -121,26 +122,28 @@ def attribute_names(embeddings_field: str) -> dict:
 TOOLTIP_ORDER = ("mistakenness", "mask_mistakenness", "mask_reason", "predicted_label", "dice", "iou",
                  "low_fidelity", *(f"mask_{part}" for part in COMPONENTS), "relabel_from", "relabel_to",
                  "topk_labels", "topk_scores", "error", "run", "mask_review", "embedding")
+TOOLTIP_BATCH = 1000  # samples per reordering update
 
 
-def store_in_tooltip_order(sample, regions_field: str, embeddings_field: str) -> None:
-    """Put the run's attributes of every region of ``sample[regions_field]`` (Detections/Polylines) after
-    the label's own attributes, in :data:`TOOLTIP_ORDER`; regions already in that order are left as they
-    are. Call it before saving the sample: a region is replaced by an equal label (same id, same values).
-    A sample of a view that filters the field's list is left as it is (FiftyOne refuses to replace the
-    elements of a filtered list); its regions are ordered by the next write through an unfiltered view."""
-    container = sample[regions_field]
-    filtered = getattr(sample, "filtered_field_names", None) or ()
-    if container is None or any(f == regions_field or f.startswith(f"{regions_field}.") for f in filtered):
+def store_in_tooltip_order(dataset, run: RegionRun, sample_ids: Iterable[str]) -> None:
+    """Put the run's attributes of every region of those samples after the label's own attributes, in
+    :data:`TOOLTIP_ORDER`. It reorders the stored documents of the root dataset in the database (one
+    pipeline update per batch of samples, atomic per sample), after the run saved them: no value is
+    read through, or written from, a view, so what a view hides or changes never reaches the labels."""
+    ids = [ObjectId(i) for i in dict.fromkeys(sample_ids)]
+    if not ids or not dataset.has_sample_field(run.regions_field):
         return
-    names = attribute_names(embeddings_field)
+    path = list_path(dataset, run.regions_field)
+    names = attribute_names(run.embeddings_field)
     ours = [names[key] for key in TOOLTIP_ORDER]
-    regions = container[REGION_TYPES[type(container)]]
-    for i, region in enumerate(regions):
-        stored = region.to_dict()
-        wanted = [k for k in stored if k not in ours] + [k for k in ours if k in stored]
-        if list(stored) != wanted:
-            regions[i] = type(region).from_dict({k: stored[k] for k in wanted})
+    theirs = {"$arrayToObject": {"$filter": {"input": {"$objectToArray": "$$region"},
+                                             "cond": {"$not": [{"$in": ["$$this.k", ours]}]}}}}
+    reordered = {"$map": {"input": f"${path}", "as": "region", "in": {"$mergeObjects": [
+        theirs, {name: f"$$region.{name}" for name in ours}]}}}  # a missing attribute stays missing
+    collection = dataset._sample_collection
+    for start in range(0, len(ids), TOOLTIP_BATCH):
+        collection.update_many({"_id": {"$in": ids[start:start + TOOLTIP_BATCH]}, path: {"$type": "array"}},
+                               [{"$set": {path: reordered}}])
 
 
 def attribute_paths(samples, regions_field: str, embeddings_field: str, keys=None) -> dict:

@@ -7,7 +7,7 @@ through the text tower), and every step and every process needs the same one: it
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -26,10 +26,7 @@ def vocabulary(samples, run: RegionRun, classes: Optional[Sequence[str]], prompt
     (read from the run where an earlier step stored it; ``progress(done, total)`` counts classes)."""
     templates = templates_for(prompt)
     backbone = backbone_for(run, backbone)
-    path = list_path(samples, run.regions_field)
-    classes = list(classes) if classes else sorted(set(samples._root_dataset.distinct(f"{path}.label")))
-    if not classes:
-        raise ValueError("the class vocabulary is empty")
+    classes = class_names(samples, run, classes)
     key = text_key(run, classes, templates)
     stored = stored_text_embeddings(run, key)
     if stored is not None:
@@ -43,6 +40,16 @@ def vocabulary(samples, run: RegionRun, classes: Optional[Sequence[str]], prompt
         text = torch.cat(parts)
         store_text_embeddings(run, key, text.cpu().numpy())
     return backbone, classes, text, {n: i for i, n in enumerate(classes)}
+
+
+def class_names(samples, run: RegionRun, classes: Optional[Sequence[str]]) -> List[str]:
+    """The vocabulary a zero-shot step uses: ``classes``, or the distinct labels of the run's regions field
+    in the whole dataset, sorted (ValueError if empty)."""
+    path = list_path(samples, run.regions_field)
+    names = list(classes) if classes else sorted(set(samples._root_dataset.distinct(f"{path}.label")))
+    if not names:
+        raise ValueError("the class vocabulary is empty")
+    return names
 
 
 def text_key(run: RegionRun, classes: Sequence[str], templates: Sequence) -> str:

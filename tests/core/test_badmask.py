@@ -20,6 +20,7 @@ from fiftyone_maskinversion.core.badmask import (
     SHIFTS,
     WEIGHTS,
     MissingRegion,
+    boundary,
     confirmed,
     localisation,
     mask_mistakenness,
@@ -273,3 +274,18 @@ def test_rings_of_a_tiny_pooled_mask_start_at_its_fullest_cells():
     full[27, 27] = 1.0
     assert ring_means(evidence, tiny, 1, 7) == pytest.approx(ring_means(evidence, full, 1, 7))
     assert np.isnan(ring_means(evidence, torch.zeros(64, 64), 1, 3)).all()
+
+
+def test_boundary_rings_are_an_eighth_of_a_patch_at_the_default_models_geometry():
+    """ViT-B-16 at 448 px (28 patches of 16 px): the rings are 2 px wide there, so a scene drawn at 448 px has the
+    boundary of the same scene drawn at 224 px (8 px a patch) with one-pixel rings, not the boundary of its
+    quarter-patch rings (the 112 px the other parts search on)."""
+    mask = _square(80, 80, 64, size=224)
+    evidence = _square(77, 77, 70, size=224)  # hot on the mask and 3 px (3/8 of a patch) past its border
+    twice = lambda image: image.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
+    expected = boundary(evidence, mask)
+    assert expected == pytest.approx(0.2 + 0.18 + 0.16 + 0.1 - EDGE_CLEAN)  # rings 0-3 hot, 4-6 cold
+    found = localisation(twice(evidence)[None], twice(mask)[None], grid_size=28)["boundary"][0]
+    assert found == pytest.approx(expected, abs=1e-6)
+    quarter = boundary(F.avg_pool2d(evidence[None, None], 2)[0, 0], F.avg_pool2d(mask[None, None], 2)[0, 0])
+    assert abs(quarter - expected) > 0.1  # the scene tells the two ring widths apart

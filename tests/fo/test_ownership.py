@@ -465,3 +465,33 @@ def test_applying_from_the_mislabeled_view_applies_its_regions(relabelled):
     changes = mifo.apply_relabel(view, "ground_truth", threshold=0.0, include_low_fidelity=True)
     assert set(changes.changed) <= set(shown) and changes.count >= 1
     assert dataset.count("ground_truth.detections.mi_embedding_relabel_to") == changes.count
+
+
+def test_views_that_hide_or_change_label_content_never_write_it_back(coco_dataset, tiny):
+    """Every write run through a view that hides the curator's attributes (``exclude_fields``), or shows labels
+    other than stored (``map_labels``, ``set_field``): the stored labels keep the curator's attributes, tags and
+    names; only the package's own attributes (and the labels apply_relabel reports) change."""
+    path = "ground_truth.detections"
+    ids = coco_dataset.values(f"{path}.id", unwind=True)
+    coco_dataset.set_label_values(f"{path}.my_note", {i: f"note {k}" for k, i in enumerate(ids)})
+    coco_dataset.set_label_values(f"{path}.tags", {i: ["curator:checked"] for i in ids})
+
+    def curators_data():
+        return {name: coco_dataset.values(f"{path}.{name}", unwind=True) for name in ("id", "my_note", "tags")}
+
+    before, labels = curators_data(), dict(zip(ids, coco_dataset.values(f"{path}.label", unwind=True)))
+    hidden = coco_dataset.exclude_fields(f"{path}.my_note")
+    renamed = coco_dataset.map_labels("ground_truth", {label: f"VIEW ONLY {label}" for label in set(labels.values())})
+    untagged = coco_dataset.set_field(f"{path}.tags", [])
+    mifo.compute_region_embeddings(hidden, "ground_truth", backbone=tiny, iterations=1)
+    mifo.zero_shot_relabel(renamed, "ground_truth", prompt="a photo of a {}.", backbone=tiny)
+    mifo.zero_shot_relabel(hidden, "ground_truth", prompt="a photo of a {}.", backbone=tiny, overwrite=True)
+    mifo.score_masks(untagged, "ground_truth", prompt="a photo of a {}.", backbone=tiny, suggest_missing=False)
+    changes = mifo.apply_relabel(hidden, "ground_truth", threshold=0.0, include_low_fidelity=True)
+    assert changes.changed  # the apply wrote labels, through the view
+    assert curators_data() == before
+    stored = dict(zip(ids, coco_dataset.values(f"{path}.label", unwind=True)))
+    assert stored == {i: changes.changed[i][1] if i in changes.changed else label for i, label in labels.items()}
+    mifo.undo_relabel(untagged, "ground_truth")
+    assert curators_data() == before
+    assert dict(zip(ids, coco_dataset.values(f"{path}.label", unwind=True))) == labels

@@ -75,6 +75,10 @@ def test_mask_scores_are_the_core_review_of_each_sample_and_labels_stay(embedded
     again = mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, min_missing_score=0.0, confirmation=0.0,
                              backbone=tiny)
     assert again.scored == 0 and again.skipped_scored == len(embedded_ids)
+    named = sorted(set(embedded.distinct("ground_truth.detections.label")), reverse=True)  # the same vocabulary
+    again = mifo.score_masks(embedded, "ground_truth", classes=named, prompt=SINGLE, min_missing_score=0.0,
+                             confirmation=0.0, backbone=tiny)  # named, as the demo does: the same review
+    assert again.scored == 0 and again.skipped_scored == len(embedded_ids)
     with pytest.raises(ValueError, match=r"other settings \{'min_missing_score': \(0.0, 0.1\)"):
         mifo.score_masks(embedded, "ground_truth", prompt=SINGLE, min_missing_score=0.1, confirmation=0.0,
                          backbone=tiny)  # arguments that could not take effect are refused, not ignored

@@ -36,7 +36,7 @@ USER_COLLISIONS = {  # the user's own data under names the package would choose 
     "attribute": ["ground_truth.detections.mi_b_dice"],
 }
 BACKBONES = {}
-CURATOR_VIEWS = st.sampled_from(["dataset", "match", "patches", "mislabeled", "bad masks"])
+CURATOR_VIEWS = st.sampled_from(["dataset", "match", "patches", "mislabeled", "bad masks", "hiding", "renaming"])
 
 
 def backbone():
@@ -60,7 +60,7 @@ def make_dataset() -> fo.Dataset:
             dets.append(fo.Detection(label=label, bounding_box=box, mask=mask, note=f"annotator {i}.{k}",
                                      mi_b_dice=0.5))
         polys = fo.Polylines(polylines=[fo.Polyline(label="kite", points=[[(.2, .2), (.7, .2), (.5, .8)]],
-                                                    closed=True, filled=True)])
+                                                    closed=True, filled=True, tags=["curator:checked"])])
         semantic = np.zeros((64, 80), dtype=np.uint8)
         semantic[5:40, 10:50], semantic[30:60, 40:78] = 1, 2
         samples.append(fo.Sample(filepath=str(path), ground_truth=fo.Detections(detections=dets), polys=polys,
@@ -130,12 +130,17 @@ class OwnershipMachine(RuleBasedStateMachine):
                 "match": self.dataset.match(F("filepath").ends_with("0.png"))}[which]
 
     def view_of_the_curator(self, which: str, field: str, family: str):
-        """Where a curator may be when starting a follow-up: the dataset, a view, a patches view of a field
-        (the user's ``seg_regions`` too, which is not the run's), or the mislabeled / bad-mask views the package
-        opened (the dataset where such a view does not exist yet)."""
+        """Where a curator may be when starting a follow-up: the dataset, a view, a view that hides the curator's
+        attributes and tags or shows other label names (which must never be written back), a patches view of a
+        field (the user's ``seg_regions`` too, which is not the run's), or the mislabeled / bad-mask views the
+        package opened (the dataset where such a view does not exist yet)."""
         opened = {"mislabeled": lambda: mifo.find_mislabeled(self.dataset, field, embeddings_field=family),
                   "bad masks": lambda: mifo.find_bad_masks(self.dataset, field, family),
                   "patches": lambda: self.dataset.to_patches({"seg": "seg_regions"}.get(field, field))}
+        if which == "hiding":
+            return self.dataset.exclude_fields("ground_truth.detections.note").set_field("polys.polylines.tags", [])
+        if which == "renaming":
+            return self.dataset.map_labels("ground_truth", {"cat": "VIEW ONLY"}).set_field("polys.polylines.label", "x")
         if which not in opened:
             return self.target(which)
         try:
