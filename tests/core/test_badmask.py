@@ -97,6 +97,11 @@ def test_localisation_by_hand():
     assert found["boundary"][2] == pytest.approx(sum(EDGE_PROFILE[:5]) - EDGE_CLEAN)
     # rings two pixels wide: ring 2 (3-4 px out) is the last on the evidence
     assert ring_means(evidence, masks[2], 2, 4) == pytest.approx([1, 1, 1, 0])
+    # overshoot: the too-large mask's border and all rings out of it are cold, its profile 0: the most
+    # it can be; the right mask's hot border (ring 0) leaves it a little; the too-small mask none
+    assert found["overshoot"][3] == pytest.approx(EDGE_CLEAN) and found["overshoot"][2] == 0
+    assert found["overshoot"][0] == pytest.approx(EDGE_CLEAN - EDGE_PROFILE[0])
+    assert found["overshoot"][0] < found["overshoot"][3]
 
 
 def test_boundary_ranks_an_eroded_mask_above_the_right_one_on_a_blurred_map():
@@ -142,7 +147,7 @@ def _localisation_reference(class_map, mask, ring=1):
     edge = float(np.dot(EDGE_PROFILE, _ring_reference(class_map, mask, ring, len(EDGE_PROFILE))))
     return {"shifted": max(shifts) - _soft_dice(class_map, mask),
             "too_small": _soft_dice(local, grown) - base, "too_large": _soft_dice(local, shrunk) - base,
-            "boundary": max(0.0, edge - EDGE_CLEAN)}
+            "boundary": max(0.0, edge - EDGE_CLEAN), "overshoot": max(0.0, EDGE_CLEAN - edge)}
 
 
 def test_missing_regions_by_hand():
@@ -273,3 +278,10 @@ def test_rings_of_a_tiny_pooled_mask_start_at_its_fullest_cells():
     full[27, 27] = 1.0
     assert ring_means(evidence, tiny, 1, 7) == pytest.approx(ring_means(evidence, full, 1, 7))
     assert np.isnan(ring_means(evidence, torch.zeros(64, 64), 1, 3)).all()
+
+
+def test_a_large_overshoot_part_reads_too_large():
+    components = {name: np.zeros(2) for name in COMPONENTS}
+    components["overshoot"][:] = [2 * FITS_BELOW / WEIGHTS["overshoot"], 0.5 * FITS_BELOW / WEIGHTS["overshoot"]]
+    scores, reasons = mask_mistakenness(components)
+    assert scores == pytest.approx([2 * FITS_BELOW, 0.5 * FITS_BELOW]) and reasons == ["too large", "fits"]
