@@ -6,7 +6,8 @@ Imports the first images of ../shared/data/coco-val2017-mini into a temporary Fi
 times compute, relabel, the mask review, the mislabeled and bad-mask views, search, the index and the
 layout, each called as a user would, printing seconds per step; and, inside the mask review, the time
 of its localisation parts (core.badmask.localisation: the shifted / too small / too large search
-and the boundary ring profile) per region, and of the boundary part alone (core.badmask.boundary).
+and the boundary ring profile) per region, and of the ring profile alone (core.badmask.edge_profile, which
+boundary and overshoot share).
 """
 
 import argparse
@@ -50,7 +51,7 @@ def main() -> None:
         ("visualize_regions (pca)", lambda: mifo.visualize_regions(dataset, "ground_truth", method="pca")),
     ]
     search = {"seconds": 0.0, "regions": 0, "boundary": 0.0}
-    localisation, boundary = review.localisation, review.boundary
+    localisation, edge_profile = review.localisation, review.edge_profile
 
     def timed_localisation(maps, masks, *rest):
         start = time.perf_counter()
@@ -59,13 +60,13 @@ def main() -> None:
         search["regions"] += len(masks)
         return found
 
-    def timed_boundary(*args):
+    def timed_edge_profile(*args):
         start = time.perf_counter()
-        found = boundary(*args)
+        found = edge_profile(*args)
         search["boundary"] += time.perf_counter() - start
         return found
 
-    review.localisation, review.boundary = timed_localisation, timed_boundary  # looked up at call time
+    review.localisation, review.edge_profile = timed_localisation, timed_edge_profile  # looked up at call time
     regions = dataset.count("ground_truth.detections")
     print(f"{len(dataset)} images, {regions} regions, random {args.model} at {args.image_size} px, "
           f"{args.threads} threads")
@@ -79,10 +80,10 @@ def main() -> None:
         per_region = 1000 * search["seconds"] / max(search["regions"], 1)
         print(f"\nmask review's localisation search: {search['seconds']:.2f} s for {search['regions']} regions "
               f"({per_region:.1f} ms per region)")
-        print(f"of which the boundary part: {search['boundary']:.2f} s "
+        print(f"of which the ring profile (boundary, overshoot): {search['boundary']:.2f} s "
               f"({1000 * search['boundary'] / max(search['regions'], 1):.1f} ms per region)")
     finally:
-        review.localisation, review.boundary = localisation, boundary
+        review.localisation, review.edge_profile = localisation, edge_profile
         mifo.delete_region_results(dataset, "ground_truth")
         dataset.delete()
 

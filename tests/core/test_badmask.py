@@ -20,8 +20,8 @@ from fiftyone_maskinversion.core.badmask import (
     SHIFTS,
     WEIGHTS,
     MissingRegion,
-    boundary,
     confirmed,
+    edge_profile,
     localisation,
     mask_mistakenness,
     missing_regions,
@@ -98,6 +98,11 @@ def test_localisation_by_hand():
     assert found["boundary"][2] == pytest.approx(sum(EDGE_PROFILE[:5]) - EDGE_CLEAN)
     # rings two pixels wide: ring 2 (3-4 px out) is the last on the evidence
     assert ring_means(evidence, masks[2], 2, 4) == pytest.approx([1, 1, 1, 0])
+    # overshoot: the too-large mask's border and all rings out of it are cold, its profile 0: the most
+    # it can be; the right mask's hot border (ring 0) leaves it a little; the too-small mask none
+    assert found["overshoot"][3] == pytest.approx(EDGE_CLEAN) and found["overshoot"][2] == 0
+    assert found["overshoot"][0] == pytest.approx(EDGE_CLEAN - EDGE_PROFILE[0])
+    assert found["overshoot"][0] < found["overshoot"][3]
 
 
 def test_boundary_ranks_an_eroded_mask_above_the_right_one_on_a_blurred_map():
@@ -143,7 +148,7 @@ def _localisation_reference(class_map, mask, ring=1):
     edge = float(np.dot(EDGE_PROFILE, _ring_reference(class_map, mask, ring, len(EDGE_PROFILE))))
     return {"shifted": max(shifts) - _soft_dice(class_map, mask),
             "too_small": _soft_dice(local, grown) - base, "too_large": _soft_dice(local, shrunk) - base,
-            "boundary": max(0.0, edge - EDGE_CLEAN)}
+            "boundary": max(0.0, edge - EDGE_CLEAN), "overshoot": max(0.0, EDGE_CLEAN - edge)}
 
 
 def test_missing_regions_by_hand():
@@ -283,9 +288,17 @@ def test_boundary_rings_are_an_eighth_of_a_patch_at_the_default_models_geometry(
     mask = _square(80, 80, 64, size=224)
     evidence = _square(77, 77, 70, size=224)  # hot on the mask and 3 px (3/8 of a patch) past its border
     twice = lambda image: image.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
-    expected = boundary(evidence, mask)
-    assert expected == pytest.approx(0.2 + 0.18 + 0.16 + 0.1 - EDGE_CLEAN)  # rings 0-3 hot, 4-6 cold
+    expected = edge_profile(evidence, mask) - EDGE_CLEAN
+    assert expected == pytest.approx(0.2 + 0.18 + 0.16 + 0.1 - EDGE_CLEAN) > 0  # rings 0-3 hot, 4-6 cold
     found = localisation(twice(evidence)[None], twice(mask)[None], grid_size=28)["boundary"][0]
     assert found == pytest.approx(expected, abs=1e-6)
-    quarter = boundary(F.avg_pool2d(evidence[None, None], 2)[0, 0], F.avg_pool2d(mask[None, None], 2)[0, 0])
+    quarter = edge_profile(F.avg_pool2d(evidence[None, None], 2)[0, 0], F.avg_pool2d(mask[None, None], 2)[0, 0]) \
+        - EDGE_CLEAN
     assert abs(quarter - expected) > 0.1  # the scene tells the two ring widths apart
+
+
+def test_a_large_overshoot_part_reads_too_large():
+    components = {name: np.zeros(2) for name in COMPONENTS}
+    components["overshoot"][:] = [2 * FITS_BELOW / WEIGHTS["overshoot"], 0.5 * FITS_BELOW / WEIGHTS["overshoot"]]
+    scores, reasons = mask_mistakenness(components)
+    assert scores == pytest.approx([2 * FITS_BELOW, 0.5 * FITS_BELOW]) and reasons == ["too large", "fits"]
