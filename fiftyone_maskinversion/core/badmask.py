@@ -71,13 +71,8 @@ FITS_BELOW = 0.05  # a weighted part below this is no reason (chosen on seed 202
 SHIFTS = (-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75)  # moves tried, in fractions of the mask's height / width
 RESIZE = 0.2  # how far a mask is grown / shrunk for too_small / too_large, in fractions of its larger side
 EDGE_PROFILE = (0.2, 0.18, 0.16, 0.1, 0.01, -0.1, -0.24)  # weights of the ring means 0..6 (seed 2024 fit)
-    the ring width of ``boundary`` / ``overshoot``; None: rings one pixel wide)."""
-    edge_maps, edge_masks = (_resized(maps, EDGE_RING * grid_size), _resized(masks, EDGE_RING * grid_size)) \
-        if grid_size else (maps, masks)  # boundary / overshoot: rings one pixel, an eighth of a patch, wide
-    factor = max(1, maps.shape[-1] // SEARCH_SIZE)
-    if factor > 1:
-        maps, masks = F.avg_pool2d(maps[:, None], factor)[:, 0], F.avg_pool2d(masks[:, None], factor)[:, 0]
-    out = {name: np.full(len(masks), np.nan) for name in ("shifted", "too_small", "too_large", "boundary", "overshoot")}
+EDGE_CLEAN = 0.251  # the median profile sum of correct masks of seed 2024: boundary's and overshoot's zero
+EDGE_RING = 8  # rings per patch: the ring profile reads maps and masks at EDGE_RING pixels per patch, rings 1 px wide
 SEARCH_SIZE = 112  # maps and masks are average-pooled to at most about this many pixels a side for the search
 HOT = 0.5  # a class map's value above which a pixel belongs to a candidate missing region
 UNCOVERED = 0.5  # the least share of a candidate that no annotated region may cover

@@ -130,8 +130,15 @@ def _ring_reference(class_map, mask, ring, count):
     return [(class_map * (b - a)).sum() / (b - a).sum() for a, b in zip(levels, levels[1:])]
 
 
-def _localisation_reference(class_map, mask, ring=1):
-    """The module doc's definition, written again with numpy and scipy (float64)."""
+def _block_mean(image, size):
+    """The image (S x S, S a multiple of size) averaged over blocks: size x size."""
+    factor = image.shape[-1] // size
+    return image.reshape(size, factor, size, factor).mean(axis=(1, 3))
+
+
+def _localisation_reference(class_map, mask, grid=None):
+    """The module doc's definition, written again with numpy and scipy (float64); the ring profile at 8
+    pixels a patch (``grid`` patches a side) with one-pixel rings, or on the map as it is (no grid)."""
     ys, xs = np.nonzero(mask >= 0.5)
     height, width = np.ptp(ys) + 1, np.ptp(xs) + 1
     extent = max(height, width)
@@ -145,7 +152,8 @@ def _localisation_reference(class_map, mask, ring=1):
     grown = ndimage.maximum_filter(mask, size=side, mode="constant", cval=-np.inf)
     shrunk = ndimage.minimum_filter(mask, size=side, mode="constant", cval=np.inf)
     base = _soft_dice(local, mask)
-    edge = float(np.dot(EDGE_PROFILE, _ring_reference(class_map, mask, ring, len(EDGE_PROFILE))))
+    edge_map, edge_mask = (_block_mean(class_map, 8 * grid), _block_mean(mask, 8 * grid)) if grid else (class_map, mask)
+    edge = float(np.dot(EDGE_PROFILE, _ring_reference(edge_map, edge_mask, 1, len(EDGE_PROFILE))))
     return {"shifted": max(shifts) - _soft_dice(class_map, mask),
             "too_small": _soft_dice(local, grown) - base, "too_large": _soft_dice(local, shrunk) - base,
             "boundary": max(0.0, edge - EDGE_CLEAN), "overshoot": max(0.0, EDGE_CLEAN - edge)}
@@ -183,8 +191,7 @@ def test_review_masks_equals_an_independent_computation(tiny, scene):
     grid = prepare_masks(masks, masks.shape[1:], tiny.image_size).grid_masks.numpy().astype(np.float64)
     dice = np.array([[_soft_dice(maps[c], m) for c in range(4)] for m in grid])
     for row, label in enumerate(labels[:2]):
-        ring = max(1, round(maps.shape[-1] / (8 * tiny.grid_size)))
-        expected = _localisation_reference(maps[label], grid[row], ring)
+        expected = _localisation_reference(maps[label], grid[row], tiny.grid_size)
         expected["wrong_object"] = max(0, dice[row, [c for c in (0, 2) if c != label]].max() - dice[row, label])
         expected["infidelity"] = 1 - inversion_dice[row]
         # float32 maps and products against this float64 reference: 1e-5 leaves room for the rounding
@@ -289,7 +296,7 @@ def test_boundary_rings_are_an_eighth_of_a_patch_at_the_default_models_geometry(
     evidence = _square(77, 77, 70, size=224)  # hot on the mask and 3 px (3/8 of a patch) past its border
     twice = lambda image: image.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
     expected = edge_profile(evidence, mask) - EDGE_CLEAN
-    assert expected == pytest.approx(0.2 + 0.18 + 0.16 + 0.1 - EDGE_CLEAN) > 0  # rings 0-3 hot, 4-6 cold
+    assert expected == pytest.approx(0.2 + 0.18 + 0.16 + 0.1 - EDGE_CLEAN) and expected > 0  # rings 0-3 hot, 4-6 cold
     found = localisation(twice(evidence)[None], twice(mask)[None], grid_size=28)["boundary"][0]
     assert found == pytest.approx(expected, abs=1e-6)
     quarter = edge_profile(F.avg_pool2d(evidence[None, None], 2)[0, 0], F.avg_pool2d(mask[None, None], 2)[0, 0]) \
