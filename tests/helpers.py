@@ -3,6 +3,7 @@ own MongoDB (started on first need), COCO sample datasets, ports."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -118,6 +119,13 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str, 
 _MONGOD = []
 
 
+def _stop_mongod(proc: subprocess.Popen, data: str) -> None:
+    """Stop the test session's mongod and remove its data dir (each session's is ~300 MB)."""
+    proc.kill()
+    proc.wait(timeout=60)
+    shutil.rmtree(data, ignore_errors=True)
+
+
 def configure_fiftyone() -> None:
     """Start FiftyOne's own mongod on a fresh data dir and a free port (once per test session) and install
     the plugin as the README says; must run before the first ``import fiftyone``, which reads both."""
@@ -131,13 +139,13 @@ def configure_fiftyone() -> None:
     # locate the binary without importing fiftyone
     mongod_bin = Path(importlib.util.find_spec("fiftyone").origin).parent / "db" / "bin" / "mongod"
     port = free_port()
+    data = tempfile.mkdtemp(prefix="mi-test-mongo-")
     proc = subprocess.Popen(
-        [str(mongod_bin), "--dbpath", tempfile.mkdtemp(prefix="mi-test-mongo-"), "--port", str(port),
-         "--bind_ip", "127.0.0.1", "--quiet"],
+        [str(mongod_bin), "--dbpath", data, "--port", str(port), "--bind_ip", "127.0.0.1", "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, proc, 60, "mongod")
-    atexit.register(proc.kill)
+    atexit.register(_stop_mongod, proc, data)
     _MONGOD.append(proc)
     os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
     os.environ["FIFTYONE_DATABASE_ADMIN"] = "true"
