@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="i/k: process the i-th of k disjoint slices of the samples")
     p.add_argument("--regions-field", default=None, help="for a Segmentation field: the derived regions field "
                    "(default <field>_regions)")
-    p.add_argument("--heatmaps", choices=("database", "files", "none"), default=defaults.HEATMAPS,
+    p.add_argument("--heatmaps", choices=defaults.HEATMAP_STORAGES, default=defaults.HEATMAPS,
                    help="where heatmaps go: companion documents, PNG files (map_path), or nowhere")
     p.add_argument("--heatmaps-dir", default=None, help="with --heatmaps files: the folder (default: "
                    f"{defaults.HEATMAPS_DIR} under FiftyOne's dataset directory)")
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build the similarity index the App's search uses")
     _run_args(p)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--backend", default="sklearn", help="a FiftyOne Brain similarity backend: sklearn (in memory), "
+    p.add_argument("--backend", default=defaults.INDEX_BACKEND, help="a FiftyOne Brain similarity backend: sklearn (in memory), "
                    "lancedb, qdrant, milvus, mongodb, elasticsearch, pgvector, ...")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend parameter, e.g. uri=/data/lancedb (repeatable; the rest come from brain's config)")

@@ -19,7 +19,8 @@ PRECISION = "auto"  # see core.precision: fp32 until bf16-mixed is measured with
 # FiftyOne layer
 EMBEDDINGS_FIELD = "mi_embedding"
 BATCH_SIZE = 16  # samples per database write
-HEATMAPS = "database"  # where a run keeps its heatmaps: "database" (companion documents), "files" (PNGs), "none"
+HEATMAP_STORAGES = ("database", "files", "none")  # where a run keeps its maps: companion documents, PNGs, nowhere
+HEATMAPS = "database"  # the storage a run uses unless told (one of HEATMAP_STORAGES)
 HEATMAPS_DIR = "maskinversion-heatmaps"  # with "files" and no folder named: this folder under FiftyOne's dataset dir
 # the fields a run's reviews write unless named: the role first, since the App's sidebar cuts a field name
 # at about 27 characters and "<field>_<embeddings>_relabel" / "..._missing" looked the same there (runs
@@ -32,6 +33,7 @@ SINGLE_PROMPT = "a photo of a {}."
 TOP_K = 5
 RELABEL_THRESHOLD = 0.9
 SEARCH_K = 25
+INDEX_BACKEND = "sklearn"  # FiftyOne Brain similarity backend of the region index (in memory)
 MIN_FIDELITY = 0.1  # inversion Dice below which a region's prediction is flagged, not ranked as a mistake
 MIN_MISSING_SCORE = 0.1  # least score of a suggested missing region (see core.badmask)
 MISSING_CONFIRMATION = 0.7  # least p(class | MaskInversion embedding of its box) to keep a suggestion

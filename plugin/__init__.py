@@ -650,7 +650,7 @@ class BuildRegionIndex(_Delegable):
     def resolve_input(self, ctx):
         def more(inputs):
             inputs.bool("overwrite", default=False, label="Rebuild this run's existing index?")
-            inputs.str("backend", default="sklearn", label="Similarity backend",
+            inputs.str("backend", default=defaults.INDEX_BACKEND, label="Similarity backend",
                        description="a FiftyOne Brain backend: sklearn (in memory), lancedb, qdrant, milvus, mongodb, "
                                    "... (its settings come from your brain config)")
             inputs.str("uri", default="", label="Backend URI (optional)", description="e.g. a LanceDB folder")
@@ -664,7 +664,7 @@ class BuildRegionIndex(_Delegable):
         results = build_region_index(dataset, ctx.params["label_field"],
                                      ctx.params.get("embeddings_field", defaults.EMBEDDINGS_FIELD),
                                      overwrite=bool(ctx.params.get("overwrite")),
-                                     backend=ctx.params.get("backend") or "sklearn", **options)
+                                     backend=ctx.params.get("backend") or defaults.INDEX_BACKEND, **options)
         if not ctx.delegated:
             ctx.ops.reload_dataset()
         return {"brain_key": results.key, "regions": results.total_index_size,

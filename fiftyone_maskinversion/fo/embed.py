@@ -151,8 +151,8 @@ def compute_region_embeddings(
         raise ValueError(f"regions_field is for Segmentation fields; {label_field!r} holds its regions itself")
     if regions_field is not None:
         check_name(regions_field, "regions_field")
-    if heatmaps not in heatmap_store.STORAGES:
-        raise ValueError(f"heatmaps must be one of {heatmap_store.STORAGES}, got {heatmaps!r}")
+    if heatmaps not in defaults.HEATMAP_STORAGES:
+        raise ValueError(f"heatmaps must be one of {defaults.HEATMAP_STORAGES}, got {heatmaps!r}")
     if heatmaps_dir is not None and heatmaps != "files":
         raise ValueError("heatmaps_dir is where heatmap files go: pass it with heatmaps='files'")
     if backbone is None and not pretrained:

@@ -29,7 +29,6 @@ from PIL import Image
 
 from .regions import container_of, geometry_copy, list_path, regions_of
 
-STORAGES = ("database", "files", "none")  # where a run keeps its maps: in the companion's documents, as PNGs, nowhere
 HEATMAP_CELLS_PER_PATCH = 4  # stored map: 4 x 4 pixels per patch; the App stretches it over the image
 PREFIX = "maskinversion-heatmaps-"
 SELECTION_VIEW = "selection"  # the companion's saved view of the regions last asked for

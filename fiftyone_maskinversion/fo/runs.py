@@ -36,6 +36,7 @@ METHOD = "maskinversion"
 TEXT_CACHE = "config.text_cache"  # class text embeddings of recent vocabularies (see vocabulary); never loaded whole
 TEXT_CACHE_KEEP = 4
 OWNED_KINDS = ("attribute", "field", "brain_key", "folder")  # what a run can own (see ownership)
+DEFAULT_HEATMAPS = {"storage": "database", "folder": None}  # of a record that names none (made before runs chose)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class RegionRun:
     owned: Dict[str, List[str]] = field(default_factory=dict)
     roles: Dict[str, str] = field(default_factory=dict)  # role -> owned name (brain_key, visualization_key)
     mask_review: Optional[dict] = None  # the settings of the latest score_masks
-    heatmaps: dict = field(default_factory=lambda: {"storage": "database", "folder": None})  # see heatmaps
+    heatmaps: dict = field(default_factory=lambda: dict(DEFAULT_HEATMAPS))  # storage and files folder (see heatmaps)
     version: str = ""
     doc_id: object = None
 
@@ -200,7 +201,7 @@ def _from_doc(doc: dict) -> RegionRun:
         key=doc["key"], doc_id=doc["_id"],
         owned={kind: list(config.get("owned", {}).get(kind, [])) for kind in OWNED_KINDS},
         roles=dict(config.get("roles") or {}), mask_review=config.get("mask_review"),
-        heatmaps=dict(config.get("heatmaps") or {"storage": "database", "folder": None}),
+        heatmaps=dict(config.get("heatmaps") or DEFAULT_HEATMAPS),
         **{name: config.get(name) for name in ("label_field", "regions_field", "embeddings_field", "settings",
                                                 "settings_id", "run_uid", "dataset_id", "version")},
     )
@@ -314,7 +315,7 @@ def new_run(samples, label_field: str, regions_field: str, embeddings_field: str
               "settings": settings, "settings_id": settings_digest(settings), "run_uid": run_uid or uuid.uuid4().hex[:12],
               "dataset_id": dataset_id or str(dataset._doc.id), "version": __version__,
               "owned": {kind: [] for kind in OWNED_KINDS}, "roles": {}, "mask_review": None,
-              "heatmaps": heatmaps or {"storage": "database", "folder": None}}
+              "heatmaps": heatmaps or dict(DEFAULT_HEATMAPS)}
     try:
         dataset.register_run(key, dataset.init_run(method=METHOD, **config), overwrite=False)
     except ValueError:  # a parallel worker registered this pair first

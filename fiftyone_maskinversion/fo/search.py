@@ -96,7 +96,7 @@ def build_region_index(
     embeddings_field: str = defaults.EMBEDDINGS_FIELD,
     brain_key: Optional[str] = None,
     overwrite: bool = False,
-    backend: str = "sklearn",
+    backend: str = defaults.INDEX_BACKEND,
     **backend_kwargs,
 ):
     """A brain similarity index over the run's embedded regions for the App's own search (its text box,
