@@ -85,7 +85,8 @@ def score_masks(
     paths = attribute_paths(dataset, run.regions_field, run.embeddings_field, MASK_REVIEW_ATTRIBUTES)
     for path in paths.values():
         check_free(dataset, run, "attribute", path)
-    review = {"classes": sorted(class_names(samples, run, classes)), "prompt": prompt, "missing_field": missing_field,
+    classes = class_names(samples, run, classes)  # resolved once: the review records it, the vocabulary embeds it
+    review = {"classes": sorted(classes), "prompt": prompt, "missing_field": missing_field,
               "min_missing_score": float(min_missing_score), "confirmation": float(confirmation)}
     stamp = settings_digest({**review, "run": run.stamp})
     names = attribute_names(run.embeddings_field)
@@ -111,11 +112,10 @@ def score_masks(
     run = update_run(dataset, run, set_={"mask_review": {"settings": review, "stamp": stamp}})
     declare_attributes(dataset, list_path(dataset, run.regions_field),
                        {names[key]: kind for key, kind in MASK_REVIEW_ATTRIBUTES.items()})
-    if missing_field and not dataset.has_sample_field(missing_field):
-        dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     if missing_field:
+        if not dataset.has_sample_field(missing_field):
+            dataset.add_sample_field(missing_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
         mark_field(dataset, run, missing_field)
-    if missing_field:
         declare_attributes(dataset, list_path(dataset, missing_field), {"confirmation": fo.FloatField})
     fields = [run.regions_field] + ([missing_field] if missing_field else [])
     view = samples_with_current(samples, run, fields)

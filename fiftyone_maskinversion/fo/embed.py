@@ -419,10 +419,10 @@ def _update_index(dataset, run: RegionRun, summary: RegionRunSummary) -> int:
         index.remove_from_index(label_ids=[label_id for _, label_id in summary.failed_ids], allow_missing=True)
     if summary.computed_ids:
         label_ids = [label_id for _, label_id in summary.computed_ids]
-        path = f"{list_path(dataset, run.regions_field)}.{run.embeddings_field}"
+        path = list_path(dataset, run.regions_field)
         view = dataset.select_labels(ids=label_ids, fields=run.regions_field)
-        stored = dict(zip(view.values(f"{list_path(dataset, run.regions_field)}.id", unwind=True),
-                          view.values(path, unwind=True)))
+        stored = dict(zip(view.values(f"{path}.id", unwind=True),
+                          view.values(f"{path}.{run.embeddings_field}", unwind=True)))
         index.add_to_index(np.stack([stored[i] for i in label_ids]),
                            [sample_id for sample_id, _ in summary.computed_ids], label_ids=label_ids)
     index.save()
